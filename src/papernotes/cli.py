@@ -1,0 +1,222 @@
+"""The ``papernotes`` command line: maps command names to library functions.
+
+User mistakes (any :class:`papernotes.errors.PapernotesError`) print one red line
+and exit with code 2; ``--debug`` shows the traceback instead. Heavy imports happen
+inside the command functions so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from papernotes.errors import PapernotesError
+
+EPILOG = """fields and their commands:
+  reproduce          run every experiment on embedded data; writes reports/<run>/index.html
+  llm train          pre-train a Llama on the embedded corpus (or --text-dir) with fp32/bf16/fp16
+  llm generate       decode from a Hugging Face Llama directory
+  llm export         turn a training run's checkpoint into a Hugging Face model directory
+  video              (not yet implemented: see the open issues)
+
+run 'papernotes COMMAND --help' for a command's options and defaults."""
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="papernotes",
+        description="Paper notes made real: video understanding and efficient-LLM methods, "
+        "each tested against a reference library and measured.",
+        epilog=EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    rep = sub.add_parser(
+        "reproduce",
+        help="run the experiments and write an HTML report",
+        description="Run every registered experiment (or --only some) on embedded data, write "
+        "<out>/<timestamp>/results.json and index.html, and print a summary table. Trained models are "
+        "cached under --cache-dir and reused by later runs and experiments.",
+        formatter_class=_Formatter,
+    )
+    rep.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments (see --list)")
+    rep.add_argument("--size", choices=["quick", "full"], default="quick", help="quick: minutes; full: hours")
+    rep.add_argument("--out", type=Path, default=Path("reports"), help="folder for report runs")
+    rep.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="trained-model cache [$PAPERNOTES_CACHE or ~/.cache/papernotes]",
+    )
+    rep.add_argument("--no-cache", action="store_true", help="retrain instead of reusing cached models")
+    rep.add_argument("--seed", type=int, default=0, help="base random seed")
+    rep.add_argument("--list", action="store_true", help="list the experiments and exit")
+    rep.set_defaults(func=_reproduce)
+
+    llm = sub.add_parser("llm", help="Efficient LLMs: the Llama-3 core", formatter_class=_Formatter)
+    llm_sub = llm.add_subparsers(dest="llm_command", metavar="COMMAND", required=True)
+
+    tr = llm_sub.add_parser(
+        "train",
+        help="pre-train a Llama on the embedded corpus",
+        description="Train a byte-level BPE tokenizer and a Llama on CPython's standard library "
+        "(or --text-dir), with checkpoints, --resume and mixed precision. Writes <out>/checkpoint "
+        "(resumable) and <out>/model (Hugging Face directory with tokenizer). Runs under torchrun for DDP.",
+        formatter_class=_Formatter,
+    )
+    tr.add_argument("--out", type=Path, required=True, help="run folder")
+    tr.add_argument(
+        "--model", default="pn-small", help="Llama config preset (see papernotes.llm.llama.PRESETS)"
+    )
+    tr.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="numeric mode")
+    tr.add_argument("--steps", type=int, default=300, help="optimizer steps")
+    tr.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step (global)")
+    tr.add_argument("--grad-accum-steps", type=int, default=1, help="micro-steps per optimizer step")
+    tr.add_argument("--seq-len", type=int, default=128, help="tokens per training sequence")
+    tr.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    tr.add_argument(
+        "--attention", choices=["naive", "sdpa", "flash"], default="sdpa", help="attention backend"
+    )
+    tr.add_argument("--text-dir", type=Path, default=None, help="train on *.txt/*.py/*.md/*.rst here instead")
+    tr.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
+    tr.add_argument("--max-bytes", type=int, default=3_000_000, help="corpus text to read (0 = all)")
+    tr.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    tr.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    tr.add_argument("--seed", type=int, default=0, help="random seed")
+    tr.add_argument(
+        "--set",
+        dest="model_overrides",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override Llama config fields, e.g. num_hidden_layers=2",
+    )
+    tr.set_defaults(func=_llm_train)
+
+    gen = llm_sub.add_parser(
+        "generate",
+        help="decode from a model directory",
+        description="Plain autoregressive decoding with a static KV cache from a Hugging Face Llama "
+        "directory (config.json + safetensors + tokenizer.json). Prints the continuation; "
+        "stats go to stderr.",
+        formatter_class=_Formatter,
+    )
+    gen.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model directory [the target model cached by 'papernotes reproduce']",
+    )
+    gen.add_argument("--prompt", default="def ", help="text to continue")
+    gen.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed")
+    gen.add_argument(
+        "--attention", choices=["naive", "sdpa", "flash"], default="sdpa", help="attention backend"
+    )
+    gen.set_defaults(func=_llm_generate)
+
+    ex = llm_sub.add_parser(
+        "export",
+        help="export a training checkpoint as a Hugging Face model directory",
+        description="Read <run>/checkpoint from 'papernotes llm train' and write a directory that "
+        "transformers.LlamaForCausalLM.from_pretrained and vLLM load: config.json, model.safetensors, "
+        "tokenizer.json. Also converts an existing model directory to another dtype.",
+        formatter_class=_Formatter,
+    )
+    ex.add_argument("--run", type=Path, required=True, help="'llm train' run folder, or a model directory")
+    ex.add_argument("--out", type=Path, required=True, help="destination model directory")
+    ex.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="weight dtype"
+    )
+    ex.set_defaults(func=_llm_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args) or 0
+    except PapernotesError as exc:
+        if args.debug:
+            raise
+        red, reset = ("\033[31m", "\033[0m") if sys.stderr.isatty() else ("", "")
+        print(f"{red}error: {exc}{reset}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from papernotes.core.experiments import run_experiments, select
+    from papernotes.core.report import summary
+    from papernotes.llm.reproduce import EXPERIMENTS as LLM_EXPERIMENTS
+
+    experiments = [*LLM_EXPERIMENTS]
+    if args.list:
+        for exp in experiments:
+            print(f"{exp.name:28s} {exp.field:6s} {exp.description}")
+        return 0
+    logging.getLogger("papernotes").setLevel(logging.INFO)
+    chosen = select(experiments, args.only)
+    run_dir, results = run_experiments(
+        chosen,
+        args.out,
+        size=args.size,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        seed=args.seed,
+    )
+    print(summary(results))
+    print(f"\nreport: {run_dir / 'index.html'}")
+    return 1 if any(e["status"] != "ok" for e in results["experiments"].values()) else 0
+
+
+def _llm_train(args: argparse.Namespace) -> int:
+    from papernotes.llm.commands import train_command
+
+    info = train_command(args)
+    print(
+        f"trained {info['steps']} steps: final train loss {info['train_loss']:.4f}, "
+        f"val loss {info['val_loss']:.4f}, {info['tokens_per_s']:.0f} tokens/s"
+    )
+    print(f"model: {info['model_dir']}")
+    return 0
+
+
+def _llm_generate(args: argparse.Namespace) -> int:
+    from papernotes.llm.commands import generate_command
+
+    text, stats = generate_command(args)
+    print(text)
+    print(
+        f"[{stats.tokens} tokens in {stats.wall_s:.2f} s, {stats.tokens_per_s:.1f} tokens/s, "
+        f"{stats.target_calls} forward calls]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _llm_export(args: argparse.Namespace) -> int:
+    from papernotes.llm.commands import export_command
+
+    print(f"exported: {export_command(args)}")
+    return 0

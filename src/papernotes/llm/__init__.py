@@ -1,0 +1,1 @@
+"""Efficient LLMs: the Llama-3 core and the methods built on it."""

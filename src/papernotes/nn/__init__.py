@@ -1,0 +1,1 @@
+"""Shared layer: never imports papernotes.llm or papernotes.video."""

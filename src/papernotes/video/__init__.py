@@ -1,0 +1,1 @@
+"""Video understanding: action recognition and online action detection."""

@@ -1,0 +1,55 @@
+"""The README's commands are the ones CI runs, and the house rules hold."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.+?)\n```", section)
+
+
+def test_readme_has_exactly_two_commands_install_and_test():
+    first, second = readme_commands()
+    assert first.endswith("&& papernotes reproduce")
+    assert second.endswith("&& pytest")
+
+
+def test_ci_runs_the_readme_install_and_test_commands():
+    ci = (ROOT / ".ci" / "run").read_text()
+    install, test = readme_commands()[1].rsplit(" && ", 1)
+    assert install in ci.splitlines()
+    assert test in ci.splitlines()
+    assert "ruff check ." in ci
+
+
+def test_shared_layers_never_import_a_field():
+    """ARCHITECTURE.md: core, nn, metrics and geometry never import llm/ or video/."""
+    offenders = []
+    for layer in ("core", "nn", "metrics", "geometry"):
+        for path in (ROOT / "src" / "papernotes" / layer).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = [("." * node.level) + (node.module or "")]
+                for name in names:
+                    if re.match(r"(papernotes\.|\.\.)(llm|video)\b", name):
+                        offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert offenders == []
+
+
+def test_library_code_does_not_print():
+    offenders = []
+    for path in (ROOT / "src" / "papernotes").rglob("*.py"):
+        if path.name in ("cli.py", "__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
