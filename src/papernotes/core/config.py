@@ -99,7 +99,22 @@ def _set_path(cfg: Any, keys: list[str], value: Any, item: str) -> Any:
         )
     if len(keys) > 1:
         value = _set_path(getattr(cfg, keys[0]), keys[1:], value, item)
+    else:
+        value = _coerce(value, typing.get_type_hints(type(cfg)).get(keys[0]), item)
     return dataclasses.replace(cfg, **{keys[0]: value})
+
+
+def _coerce(value: Any, hint: Any, item: str) -> Any:
+    """YAML reads ``3e-4`` as a string (YAML 1.1 wants a dot); cast numbers to the field's type."""
+    if isinstance(value, str) and hint in (float, int, float | None, int | None):
+        target = float if hint in (float, float | None) else int
+        try:
+            return target(value)
+        except ValueError as exc:
+            raise ConfigError(f"override {item!r}: expected a number, got {value!r}") from exc
+    if isinstance(value, int) and not isinstance(value, bool) and hint in (float, float | None):
+        return float(value)
+    return value
 
 
 def _dataclass_of(hint: Any) -> type | None:

@@ -130,7 +130,8 @@ def run_experiments(
         entry["wall_s"] = round(time.perf_counter() - start, 2)
         results["experiments"][exp.name] = entry
         # rewrite after each experiment so an interrupted run still leaves its numbers
-        atomic_write_file(run_dir / "results.json", json.dumps(results, indent=2, default=_json_default))
+        with atomic_write_file(run_dir / "results.json") as tmp:
+            tmp.write_text(json.dumps(results, indent=2, default=_json_default))
     write_report(run_dir, results)
     return run_dir, results
 

@@ -1,0 +1,41 @@
+"""The CLI: help texts, and user mistakes as one line with exit code 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from papernotes.cli import main
+
+
+def test_top_level_help_lists_fields_and_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for command in ("reproduce", "llm train", "llm generate", "llm export", "video"):
+        assert command in out
+
+
+@pytest.mark.parametrize("argv", [["reproduce"], ["llm", "train"], ["llm", "generate"], ["llm", "export"]])
+def test_each_command_help_shows_its_defaults(argv, capsys):
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    assert "(default:" in capsys.readouterr().out
+
+
+def test_user_mistake_is_one_line_exit_2_and_debug_shows_the_traceback():
+    cmd = [sys.executable, "-m", "papernotes", "reproduce", "--only", "no-such-experiment"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "unknown experiment(s) ['no-such-experiment']" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    debug = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True, timeout=120)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_reproduce_list_names_the_experiments(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "llm-pretrain" in out and "llm-attention" in out
