@@ -9,7 +9,8 @@ from papernotes.errors import ConfigError
 
 def _ok(ctx):
     (ctx.out_dir / "fig.png").write_bytes(b"png")
-    return ExperimentResult(metrics={"x": 1.5}, tables=[Table("t", ["a", "b"], [[1, 0.123456]])], figures=["fig.png"])
+    table = Table("t", ["a", "b"], [[1, 0.123456]])
+    return ExperimentResult(metrics={"x": 1.5}, tables=[table], figures=["fig.png"])
 
 
 def _boom(ctx):

@@ -42,3 +42,14 @@ def test_lm_batches_are_deterministic_shifted_windows():
     assert torch.equal(a["labels"], a["input_ids"] + 1)  # labels are the next tokens
     with pytest.raises(DataError, match="shorter than seq_len"):
         LMBatches(tokens[:10], 1, 16)
+
+
+def test_small_corpus_still_gets_a_validation_file(tmp_path):
+    for i in range(3):
+        (tmp_path / f"f{i}.txt").write_text(f"text {i}")
+    docs = list(iter_documents(tmp_path))
+    train, val = split_documents(docs)
+    assert len(val) == 1 and len(train) == 2
+    assert split_documents(docs)[1] == val
+    with pytest.raises(DataError, match="need at least one of each"):
+        split_documents(docs[:1])

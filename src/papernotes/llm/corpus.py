@@ -8,8 +8,9 @@ methods (it is repetitive enough for drafts and n-gram lookup to pay off). Its
 exact content depends on the Python version, so results quote that version.
 
 Split: a file belongs to validation when ``crc32(relative path) % 20 == 0`` (about
-5 %). The rule depends on nothing but the file's name, so it is stable across runs
-and machines, and files never straddle the split.
+5 %); a corpus too small to have such a file gives its lowest-hash file to
+validation. The rule depends on nothing but the files' names, so it is stable
+across runs and machines, and files never straddle the split.
 
 Users' own text comes in through ``text_dir``: every ``*.txt``/``*.py``/``*.md``
 file under it, split by the same rule.
@@ -89,9 +90,13 @@ def _walk(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
 
 
 def split_documents(docs: list[Document]) -> tuple[list[Document], list[Document]]:
-    """(train, validation) by :func:`is_validation`; an empty validation split is an error."""
-    train = [d for d in docs if not is_validation(d.name)]
-    val = [d for d in docs if is_validation(d.name)]
+    """(train, validation) by :func:`is_validation`, at least one file each."""
+    val_names = {d.name for d in docs if is_validation(d.name)}
+    if not val_names and len(docs) > 1:
+        # a small corpus may have no file in the validation bucket: take the lowest-hash file
+        val_names = {min((d.name for d in docs), key=lambda n: zlib.crc32(n.encode()))}
+    train = [d for d in docs if d.name not in val_names]
+    val = [d for d in docs if d.name in val_names]
     if not train or not val:
         raise DataError(
             f"corpus of {len(docs)} files gives {len(train)} train / {len(val)} validation files; "

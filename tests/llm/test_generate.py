@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from papernotes.core.config import preset
+from papernotes.errors import DataError
+from papernotes.llm.generate import GenerationConfig, generate
+from papernotes.llm.llama import PRESETS, Llama
+from papernotes.llm.sampling import logits_to_probs
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return Llama(preset(PRESETS, "tiny")).eval()
+
+
+def test_greedy_cached_generation_equals_argmax_over_full_forwards(model):
+    prompt = torch.randint(0, 256, (1, 7))
+    ids, stats = generate(model, prompt, GenerationConfig(max_new_tokens=12))
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(12):
+            seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(ids, seq[:, 7:])
+    assert stats.tokens == 12 and stats.target_calls == 12 and sum(stats.accepted_per_step) == 12
+
+
+def test_sampling_is_reproducible_by_seed_and_follows_the_model(model):
+    prompt = torch.randint(0, 256, (1, 5))
+    cfg = GenerationConfig(max_new_tokens=6, temperature=0.8, top_k=20, seed=3)
+    a, _ = generate(model, prompt, cfg)
+    b, _ = generate(model, prompt, cfg)
+    assert torch.equal(a, b)
+    # every sampled token had non-zero probability under top-k filtering of the full-forward logits
+    with torch.no_grad():
+        logits = model(torch.cat([prompt, a], dim=1))[:, 4:-1]
+    probs = logits_to_probs(logits, 0.8, top_k=20)
+    assert (probs.gather(-1, a[..., None]) > 0).all()
+
+
+def test_generation_stops_at_eos(model):
+    prompt = torch.randint(0, 256, (1, 5))
+    first, _ = generate(model, prompt, GenerationConfig(max_new_tokens=1))
+    ids, stats = generate(model, prompt, GenerationConfig(max_new_tokens=10, eos_token_id=int(first)))
+    assert ids.shape == (1, 1) and stats.tokens == 1
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(model):
+    too_long = torch.zeros(1, model.config.max_position_embeddings, dtype=torch.long)
+    with pytest.raises(DataError, match="exceeds max_position_embeddings=128"):
+        generate(model, too_long, GenerationConfig(max_new_tokens=1))
+    with pytest.raises(DataError, match=r"shape \(1, T\)"):
+        generate(model, torch.zeros(2, 3, dtype=torch.long), GenerationConfig())
