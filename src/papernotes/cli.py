@@ -194,6 +194,8 @@ def _llm_train(args: argparse.Namespace) -> int:
     from papernotes.llm.commands import train_command
 
     info = train_command(args)
+    if not info:  # a non-zero torchrun rank: rank 0 reports
+        return 0
     print(
         f"trained {info['steps']} steps: final train loss {info['train_loss']:.4f}, "
         f"val loss {info['val_loss']:.4f}, {info['tokens_per_s']:.0f} tokens/s"

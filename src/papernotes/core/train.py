@@ -148,6 +148,11 @@ class _Distributed:
         return self.rank == 0
 
 
+def process_rank() -> int:
+    """This process's global rank under torchrun (0 when not distributed); only rank 0 writes outputs."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _setup_distributed() -> _Distributed:
     """Join the process group when launched by torchrun with WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:

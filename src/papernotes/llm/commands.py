@@ -18,7 +18,7 @@ import torch
 from papernotes.core.checkpoint import atomic_write_file, load_checkpoint
 from papernotes.core.config import apply_overrides, preset
 from papernotes.core.experiments import default_cache_dir
-from papernotes.core.train import TrainConfig
+from papernotes.core.train import TrainConfig, process_rank
 from papernotes.errors import CheckpointError
 from papernotes.llm.generate import DecodeStats, GenerationConfig, generate
 from papernotes.llm.llama import PRESETS, Llama, LlamaConfig
@@ -32,7 +32,7 @@ TARGET_MODEL_DIR = ("llm", "target")  # where `reproduce` caches the pre-trained
 
 
 def train_command(args: argparse.Namespace) -> dict[str, Any]:
-    """``papernotes llm train``: tokenizer + pre-training + an HF export of the result."""
+    """``papernotes llm train``: tokenizer + pre-training + an HF export; returns {} on ranks other than 0."""
     out = Path(args.out)
     data = prepare_corpus(
         out / "data", vocab_size=args.vocab_size, max_bytes=args.max_bytes or None, text_dir=args.text_dir
@@ -57,6 +57,8 @@ def train_command(args: argparse.Namespace) -> dict[str, Any]:
     model, result = pretrain(
         model_config, train_config, data, args.seq_len, args.attention, resume=args.resume
     )
+    if process_rank() != 0:  # under torchrun every rank holds the same weights; rank 0 writes them
+        return {}
     model_dir = save_model_dir(model.float(), data.tokenizer, out / "model")
     train_losses, val_losses = result.train_losses, [list(v) for v in result.val_losses]
     record = out / "train_result.json"
