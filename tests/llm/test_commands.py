@@ -8,8 +8,18 @@ import torch
 from papernotes.cli import main
 from papernotes.llm.llama import Llama
 
-TINY = ["--model", "tiny", "--batch-size", "2", "--seq-len", "16", "--max-bytes", "150000",
-        "--vocab-size", "300"]
+TINY = [
+    "--model",
+    "tiny",
+    "--batch-size",
+    "2",
+    "--seq-len",
+    "16",
+    "--max-bytes",
+    "150000",
+    "--vocab-size",
+    "300",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +38,38 @@ def test_train_writes_a_resumable_checkpoint_and_an_hf_model_dir(run_dir):
 
 
 def test_resume_continues_from_the_checkpoint(run_dir, capsys):
-    assert main(["llm", "train", "--out", str(run_dir), "--steps", "6", "--resume", "--checkpoint-every", "2",
-                 *TINY]) == 0
+    assert (
+        main(
+            [
+                "llm",
+                "train",
+                "--out",
+                str(run_dir),
+                "--steps",
+                "6",
+                "--resume",
+                "--checkpoint-every",
+                "2",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     info = json.loads((run_dir / "train_result.json").read_text())
     assert len(info["train_losses"]) == 6
 
 
 def test_generate_prints_the_prompt_and_a_continuation(run_dir, capsys):
-    argv = ["llm", "generate", "--model", str(run_dir / "model"), "--prompt", "def fibonacci(n):",
-            "--max-new-tokens", "8"]
+    argv = [
+        "llm",
+        "generate",
+        "--model",
+        str(run_dir / "model"),
+        "--prompt",
+        "def fibonacci(n):",
+        "--max-new-tokens",
+        "8",
+    ]
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("def fibonacci(n):")
@@ -56,8 +89,21 @@ def test_export_writes_a_directory_transformers_loads_with_equal_logits(run_dir,
 
 
 def test_export_to_bfloat16_halves_the_weights(run_dir, tmp_path):
-    assert main(["llm", "export", "--run", str(run_dir / "model"), "--out", str(tmp_path / "bf"),
-                 "--dtype", "bfloat16"]) == 0
+    assert (
+        main(
+            [
+                "llm",
+                "export",
+                "--run",
+                str(run_dir / "model"),
+                "--out",
+                str(tmp_path / "bf"),
+                "--dtype",
+                "bfloat16",
+            ]
+        )
+        == 0
+    )
     assert Llama.from_pretrained(tmp_path / "bf").lm_head.weight.dtype == torch.bfloat16
 
 

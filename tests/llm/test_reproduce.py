@@ -14,9 +14,18 @@ def tiny_sizes(monkeypatch):
     monkeypatch.setitem(
         reproduce.PRETRAIN_SIZES,
         "quick",
-        {"model": "tiny", "steps": 3, "batch_size": 2, "seq_len": 16, "max_bytes": 100_000, "vocab_size": 300},
+        {
+            "model": "tiny",
+            "steps": 3,
+            "batch_size": 2,
+            "seq_len": 16,
+            "max_bytes": 100_000,
+            "vocab_size": 300,
+        },
     )
-    monkeypatch.setitem(reproduce.ATTENTION_SIZES, "quick", {"seq_lens": [64, 128], "num_heads": 2, "repeats": 1})
+    monkeypatch.setitem(
+        reproduce.ATTENTION_SIZES, "quick", {"seq_lens": [64, 128], "num_heads": 2, "repeats": 1}
+    )
 
 
 def _results(out):
@@ -26,7 +35,16 @@ def _results(out):
 
 def test_reproduce_llm_writes_report_figures_and_a_cached_hf_model(tiny_sizes, tmp_path, capsys):
     out, cache = tmp_path / "reports", tmp_path / "cache"
-    argv = ["reproduce", "--only", "llm-pretrain", "llm-attention", "--out", str(out), "--cache-dir", str(cache)]
+    argv = [
+        "reproduce",
+        "--only",
+        "llm-pretrain",
+        "llm-attention",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+    ]
     assert main(argv) == 0
     run, results = _results(out)
     pre = results["experiments"]["llm-pretrain"]
@@ -46,5 +64,10 @@ def test_reproduce_llm_writes_report_figures_and_a_cached_hf_model(tiny_sizes, t
     for extra, cached in (([], True), (["--no-cache"], False)):
         for p in out.iterdir():
             p.rename(tmp_path / f"old-{p.name}-{cached}")
-        assert main(["reproduce", "--only", "llm-pretrain", "--out", str(out), "--cache-dir", str(cache), *extra]) == 0
+        assert (
+            main(
+                ["reproduce", "--only", "llm-pretrain", "--out", str(out), "--cache-dir", str(cache), *extra]
+            )
+            == 0
+        )
         assert _results(out)[1]["experiments"]["llm-pretrain"]["metrics"]["cached"] is cached

@@ -41,7 +41,14 @@ PRETRAIN_SIZES: dict[str, dict[str, Any]] = {
         "max_bytes": 3_000_000,
         "vocab_size": 4096,
     },
-    "full": {"model": "pn-base", "steps": 3000, "batch_size": 32, "seq_len": 256, "max_bytes": None, "vocab_size": 8192},
+    "full": {
+        "model": "pn-base",
+        "steps": 3000,
+        "batch_size": 32,
+        "seq_len": 256,
+        "max_bytes": None,
+        "vocab_size": 8192,
+    },
 }
 ATTENTION_SIZES: dict[str, dict[str, Any]] = {
     "quick": {"seq_lens": [256, 512, 1024, 2048], "num_heads": 4, "repeats": 2},
