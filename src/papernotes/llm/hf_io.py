@@ -16,10 +16,7 @@ tensors, which shapes) come from the caller, e.g. ``papernotes.llm.llama``; the 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from papernotes.core.checkpoint import atomic_write_dir
 from papernotes.errors import CheckpointError, ConfigError, ShapeMismatchError
 
 CONFIG_NAME = "config.json"
@@ -163,10 +161,7 @@ def write_directory(
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"cannot save to {path}: it exists and is not a directory")
     max_bytes = parse_size(max_shard_size) if max_shard_size is not None else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model directory should be readable like any other
+    with atomic_write_dir(path) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if generation_config:
             (tmp / GENERATION_CONFIG_NAME).write_text(json.dumps(generation_config, indent=2) + "\n")
@@ -184,24 +179,4 @@ def write_directory(
             total = sum(t.numel() * t.element_size() for t in state.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        _replace_directory(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
-
-
-def _replace_directory(new: Path, path: Path) -> None:
-    """Rename ``new`` to ``path``; an existing ``path`` is moved aside first and deleted after."""
-    if not path.exists():
-        os.replace(new, path)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-    os.replace(path, old / path.name)
-    try:
-        os.replace(new, path)
-    except BaseException:
-        os.replace(old / path.name, path)  # put the previous version back
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
