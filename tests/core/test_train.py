@@ -121,6 +121,22 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path, precision):
     assert model.lm_head.weight is model.embed_tokens.weight
 
 
+def test_stop_after_then_resume_equals_the_uninterrupted_run(tmp_path):
+    cfg = config(steps=12, checkpoint_every=0, out_dir=str(tmp_path / "full"))
+    reference = make_model()
+    full = train(reference, lm_loss, batches_for(cfg), cfg)
+
+    chunked_cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / "chunked"), stop_after=5)
+    model = make_model()
+    first = train(model, lm_loss, batches_for(chunked_cfg), chunked_cfg)
+    assert len(first.train_losses) == 5 and load_checkpoint(tmp_path / "chunked" / "checkpoint").step == 5
+    # the schedule spans all 12 steps, so the first 5 losses are those of the full run
+    assert first.train_losses == full.train_losses[:5]
+    rest_cfg = dataclasses.replace(chunked_cfg, stop_after=None)
+    rest = train(make_model(seed=7), lm_loss, batches_for(rest_cfg), rest_cfg, resume=True)
+    assert first.train_losses + rest.train_losses == full.train_losses
+
+
 def test_gradient_accumulation_equals_one_full_batch_step():
     cfg = config(steps=3, batch_size=8, grad_accum_steps=1)
     one = make_model()

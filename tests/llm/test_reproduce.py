@@ -17,6 +17,7 @@ def tiny_sizes(monkeypatch):
         {
             "model": "tiny",
             "steps": 3,
+            "compare_at": 2,
             "batch_size": 2,
             "seq_len": 16,
             "max_bytes": 100_000,
@@ -50,7 +51,11 @@ def test_reproduce_llm_writes_report_figures_and_a_cached_hf_model(tiny_sizes, t
     pre = results["experiments"]["llm-pretrain"]
     assert pre["status"] == "ok", pre.get("traceback")
     assert set(pre["metrics"]["runs"]) == {"fp32", "bf16", "fp16"}
-    assert all(len(r["train_losses"]) == 3 for r in pre["metrics"]["runs"].values())
+    runs = pre["metrics"]["runs"]
+    assert [len(runs[p]["train_losses"]) for p in ("fp32", "bf16", "fp16")] == [3, 3, 2]
+    assert all(
+        2 in [step for step, _ in r["val_losses"]] for r in runs.values()
+    )  # the common comparison step
     assert (run / "llm-pretrain" / "loss_curves.png").stat().st_size > 1000
     att = results["experiments"]["llm-attention"]
     assert att["status"] == "ok", att.get("traceback")

@@ -63,6 +63,7 @@ class TrainConfig:
     """Hyper-parameters of :func:`train`; defaults suit small language models on one machine."""
 
     steps: int = 2000  # optimizer steps in the whole run (the cosine schedule ends here)
+    stop_after: int | None = None  # end this call after this many steps; the schedule still spans `steps`
     batch_size: int = 32  # GLOBAL examples per optimizer step, summed over micro-steps and ranks
     grad_accum_steps: int = 1  # micro-steps per optimizer step; each sees batch_size // grad_accum_steps rows
     lr: float = 3e-4  # peak learning rate, reached at the end of warmup
@@ -291,10 +292,11 @@ def _run(
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     model.train()
     result = TrainResult(start_step=start)
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not (cfg.progress and ddp.is_main))
+    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+    bar = tqdm(total=end, initial=start, desc="train", disable=not (cfg.progress and ddp.is_main))
     k = cfg.grad_accum_steps
     t0 = time.perf_counter()
-    for step in range(start, cfg.steps):
+    for step in range(start, end):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(
                 step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps
@@ -334,7 +336,7 @@ def _run(
         tokens_per_s = result.tokens / elapsed if elapsed > 0 else 0.0
         bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
         bar.update(1)
-        if ddp.is_main and cfg.log_every and (done % cfg.log_every == 0 or done == cfg.steps):
+        if ddp.is_main and cfg.log_every and (done % cfg.log_every == 0 or done == end):
             logger.info(
                 "step %d/%d loss %.4f lr %.3g grad_norm %.3g tokens/s %.0f",
                 done,
@@ -344,13 +346,13 @@ def _run(
                 outcome.grad_norm,
                 tokens_per_s,
             )
-        if val_batches is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+        if val_batches is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == end):
             val = _evaluate(model, loss_fn, val_batches, cfg, mp, ddp, device)
             result.val_losses.append((done, val))
             if ddp.is_main:
                 logger.info("step %d val_loss %.4f", done, val)
         if checkpoint_dir is not None and (
-            done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+            done == end or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
         ):
             _save(checkpoint_dir, done, optimizer, mp, cfg, ddp)
             result.checkpoint_dir = str(checkpoint_dir)
