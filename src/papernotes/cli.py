@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--out", type=Path, required=True, help="run folder")
     tr.add_argument(
-        "--model", default="pn-small", help="Llama config preset (see papernotes.llm.llama.PRESETS)"
+        "--model",
+        default="pn-small",
+        help="Llama config preset: tiny, pn-small, pn-base, llama3.2-1b, llama3-8b",
     )
     tr.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="numeric mode")
     tr.add_argument("--steps", type=int, default=300, help="optimizer steps")

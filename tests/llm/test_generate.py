@@ -4,7 +4,8 @@ import torch
 from papernotes.core.config import preset
 from papernotes.errors import DataError
 from papernotes.llm.generate import GenerationConfig, generate
-from papernotes.llm.llama import PRESETS, Llama
+from papernotes.llm.llama import Llama
+from papernotes.llm.llama_config import PRESETS
 from papernotes.llm.sampling import logits_to_probs
 
 

@@ -26,9 +26,7 @@ MASK_CASES = {
     "none": lambda nq, nk: None,
     "bool-2d": tree_mask,
     "bool-padding": lambda nq, nk: (torch.arange(nk) < nk - 3)[None, None, None, :].expand(2, 1, 1, nk),
-    "additive-per-head": lambda nq, nk: torch.randn(
-        1, 4, nq, nk, generator=torch.Generator().manual_seed(4)
-    ),
+    "additive-per-head": lambda nq, nk: torch.randn(1, 4, nq, nk, generator=torch.Generator().manual_seed(4)),
 }
 
 
@@ -72,8 +70,15 @@ def test_unknown_backend_raises_config_error_listing_valid_names():
 
 
 def test_profile_attention_measures_every_backend_and_skips_oversized_naive_runs():
-    rows = profile_attention([64, 128], batch=1, num_heads=2, head_dim=8, backward=True, repeats=1,
-                             max_naive_bytes=64 * 64 * 2 * 4 * 3)  # naive fits at N=64 only
+    rows = profile_attention(
+        [64, 128],
+        batch=1,
+        num_heads=2,
+        head_dim=8,
+        backward=True,
+        repeats=1,
+        max_naive_bytes=64 * 64 * 2 * 4 * 3,
+    )  # naive fits at N=64 only
     by_key = {(r["backend"], r["seq_len"]): r for r in rows}
     assert len(rows) == 6 and all(r["mode"] == "forward+backward" for r in rows)
     assert by_key[("naive", 128)]["skipped"] and by_key[("naive", 128)]["time_s"] is None

@@ -74,7 +74,11 @@ def test_flash_matches_sdpa_forward_and_gradients_fp32(b, h, hkv, nq, nk, d, cau
     assert_matches_reference(
         lambda q, k, v: flash_attention(q, k, v, causal=causal, block_q=block_q, block_k=block_k),
         lambda q, k, v: reference_attention(q, k, v, causal=causal),
-        q, k, v, atol=1e-5, rtol=1e-5,
+        q,
+        k,
+        v,
+        atol=1e-5,
+        rtol=1e-5,
     )
 
 
@@ -94,7 +98,11 @@ def test_flash_matches_sdpa_with_boolean_tree_mask(causal):
     assert_matches_reference(
         lambda q, k, v: flash_attention(q, k, v, causal=causal, block_q=4, block_k=16, attn_mask=mask),
         lambda q, k, v: reference_attention(q, k, v, causal=causal, attn_mask=mask),
-        q, k, v, atol=1e-5, rtol=1e-5,
+        q,
+        k,
+        v,
+        atol=1e-5,
+        rtol=1e-5,
     )
 
 
@@ -107,7 +115,11 @@ def test_flash_matches_sdpa_with_padding_mask_broadcast_over_heads_and_queries()
     assert_matches_reference(
         lambda q, k, v: flash_attention(q, k, v, causal=True, block_q=16, block_k=16, attn_mask=mask),
         lambda q, k, v: reference_attention(q, k, v, causal=True, attn_mask=mask),
-        q, k, v, atol=1e-5, rtol=1e-5,
+        q,
+        k,
+        v,
+        atol=1e-5,
+        rtol=1e-5,
     )
 
 
@@ -118,7 +130,11 @@ def test_flash_matches_sdpa_with_per_head_additive_float_mask_and_gqa():
     assert_matches_reference(
         lambda q, k, v: flash_attention(q, k, v, causal=True, block_q=16, block_k=16, attn_mask=bias),
         lambda q, k, v: reference_attention(q, k, v, causal=True, attn_mask=bias),
-        q, k, v, atol=1e-5, rtol=1e-5,
+        q,
+        k,
+        v,
+        atol=1e-5,
+        rtol=1e-5,
     )
 
 
@@ -128,7 +144,11 @@ def test_flash_matches_sdpa_with_custom_scale():
     assert_matches_reference(
         lambda q, k, v: flash_attention(q, k, v, causal=True, scale=0.9, block_q=16, block_k=16),
         lambda q, k, v: reference_attention(q, k, v, causal=True, scale=0.9),
-        q, k, v, atol=1e-5, rtol=1e-5,
+        q,
+        k,
+        v,
+        atol=1e-5,
+        rtol=1e-5,
     )
 
 
@@ -153,7 +173,11 @@ def test_flash_default_blocks_match_sdpa_in_bf16_against_bf16_sdpa():
     assert_matches_reference(
         lambda q, k, v: flash_attention(q, k, v, causal=True),
         lambda q, k, v: reference_attention(q, k, v, causal=True),
-        q, k, v, atol=3e-2, rtol=3e-2,
+        q,
+        k,
+        v,
+        atol=3e-2,
+        rtol=3e-2,
     )
 
 
@@ -209,7 +233,11 @@ def test_lazy_rescaling_is_exact_when_the_max_grows_across_tiles():
     assert_matches_reference(
         lambda q, k, v: flash_attention(q, k, v, block_q=16, block_k=16),
         reference_attention,
-        q_sharp, k_growing, v, atol=1e-10, rtol=1e-10,
+        q_sharp,
+        k_growing,
+        v,
+        atol=1e-10,
+        rtol=1e-10,
     )
 
 
@@ -222,6 +250,7 @@ def test_output_is_invariant_to_a_large_constant_shift_of_all_scores():
     allowed = torch.ones(40, 40, dtype=torch.bool)
     allowed[5:10, :16] = False
     shift = torch.full((40, 40), -1000.0, dtype=torch.float64).masked_fill(~allowed, float("-inf"))
+
     def run(mask):
         return outputs_and_grads(
             lambda q, k, v: flash_attention(q, k, v, block_q=16, block_k=16, attn_mask=mask), q, k, v

@@ -21,7 +21,8 @@ from papernotes.core.experiments import default_cache_dir
 from papernotes.core.train import TrainConfig, process_rank
 from papernotes.errors import CheckpointError
 from papernotes.llm.generate import DecodeStats, GenerationConfig, generate
-from papernotes.llm.llama import PRESETS, Llama, LlamaConfig
+from papernotes.llm.llama import Llama
+from papernotes.llm.llama_config import PRESETS, LlamaConfig
 from papernotes.llm.pretrain import model_config_for, prepare_corpus, pretrain, save_model_dir
 from papernotes.llm.tokenizer import EOS, load_tokenizer
 

@@ -23,7 +23,8 @@ from tokenizers import Tokenizer
 from papernotes.core.checkpoint import atomic_write_dir
 from papernotes.core.train import TrainConfig, TrainResult, train
 from papernotes.llm.corpus import LMBatches, iter_documents, split_documents
-from papernotes.llm.llama import Llama, LlamaConfig
+from papernotes.llm.llama import Llama
+from papernotes.llm.llama_config import LlamaConfig
 from papernotes.llm.tokenizer import (
     BOS,
     EOS,

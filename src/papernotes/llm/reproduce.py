@@ -23,7 +23,7 @@ from papernotes.core.config import preset, to_dict
 from papernotes.core.experiments import Experiment, ExperimentContext, ExperimentResult, Table
 from papernotes.core.train import TrainConfig
 from papernotes.llm.commands import TARGET_MODEL_DIR
-from papernotes.llm.llama import PRESETS
+from papernotes.llm.llama_config import PRESETS
 from papernotes.llm.pretrain import model_config_for, prepare_corpus, pretrain, save_model_dir
 from papernotes.nn.attention_profile import profile_attention
 
@@ -238,8 +238,9 @@ def _plot_losses(runs: dict[str, Any], path: Path) -> Path:
 def _plot_attention(rows: list[dict[str, Any]], path: Path) -> Path:
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
+    colors = {"naive": "tab:red", "sdpa": "tab:blue", "flash": "tab:green"}
     for mode, style in (("forward", "-"), ("forward+backward", "--")):
-        for backend in ("naive", "sdpa", "flash"):
+        for backend, color in colors.items():
             pts = [
                 r
                 for r in rows
@@ -248,15 +249,25 @@ def _plot_attention(rows: list[dict[str, Any]], path: Path) -> Path:
             if not pts:
                 continue
             n = [r["seq_len"] for r in pts]
-            axes[0].plot(n, [r["time_s"] for r in pts], style, marker="o", label=f"{backend} {mode}")
+            axes[0].plot(
+                n, [r["time_s"] for r in pts], style, color=color, marker="o", label=f"{backend} {mode}"
+            )
             axes[1].plot(
-                n, [_mib(r["peak_extra_bytes"]) for r in pts], style, marker="o", label=f"{backend} {mode}"
+                n,
+                [_mib(r["peak_extra_bytes"]) for r in pts],
+                style,
+                color=color,
+                marker="o",
+                label=f"{backend} {mode}",
             )
     axes[0].set(xscale="log", yscale="log", xlabel="sequence length N", ylabel="seconds", title="time")
     axes[1].set(
         xscale="log", yscale="log", xlabel="sequence length N", ylabel="MiB", title="peak extra memory"
     )
+    seq_lens = sorted({r["seq_len"] for r in rows})
     for ax in axes:
+        ax.set_xticks(seq_lens, [str(n) for n in seq_lens])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -145,7 +145,13 @@ def profile_attention(
             row["time_s"] = statistics.median(times)
             row["time_min_s"] = min(times)
             row["tflops"] = flops / row["time_s"] / 1e12
-            logger.info("%s N=%d %s: %.4f s, peak extra %s bytes", backend, seq_len, mode, row["time_s"],
-                        row["peak_extra_bytes"])
+            logger.info(
+                "%s N=%d %s: %.4f s, peak extra %s bytes",
+                backend,
+                seq_len,
+                mode,
+                row["time_s"],
+                row["peak_extra_bytes"],
+            )
             rows.append(row)
     return rows
