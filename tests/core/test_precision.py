@@ -11,15 +11,6 @@ from papernotes.errors import ConfigError
 VOCAB = 32
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: tiny matmuls on 2 shared cores run ~30x faster without OpenMP contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TinyLM(nn.Module):
     """Embedding -> MLP -> vocabulary logits; predicts the next token from the current one."""
 

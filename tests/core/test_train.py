@@ -19,15 +19,6 @@ from papernotes.errors import CheckpointError, ConfigError, DataError, TrainingE
 VOCAB, SEQ = 16, 8
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: tiny matmuls on 2 shared cores run ~30x faster without OpenMP contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TiedLM(nn.Module):
     """A dropout-free toy LM whose output head shares the embedding matrix (like Llama's tied configs)."""
 
