@@ -31,8 +31,9 @@ def test_user_mistake_is_one_line_exit_2_and_debug_shows_the_traceback():
     assert proc.stderr.strip().count("\n") == 0
     assert "unknown experiment(s) ['no-such-experiment']" in proc.stderr
     assert "Traceback" not in proc.stderr
-    debug = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True, timeout=120)
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    for argv in ([*cmd[:3], "--debug", *cmd[3:]], [*cmd, "--debug"]):  # before or after the command
+        debug = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
 def test_reproduce_list_names_the_experiments(capsys):

@@ -39,10 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    # the same two flags after a command name (`papernotes reproduce --debug`); SUPPRESS keeps the
+    # top-level value unless the flag is given there
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     rep = sub.add_parser(
         "reproduce",
+        parents=[common],
         help="run the experiments and write an HTML report",
         description="Run every registered experiment (or --only some) on embedded data, write "
         "<out>/<timestamp>/results.json and index.html, and print a summary table. Trained models are "
@@ -63,11 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--list", action="store_true", help="list the experiments and exit")
     rep.set_defaults(func=_reproduce)
 
-    llm = sub.add_parser("llm", help="Efficient LLMs: the Llama-3 core", formatter_class=_Formatter)
+    llm = sub.add_parser(
+        "llm", parents=[common], help="Efficient LLMs: the Llama-3 core", formatter_class=_Formatter
+    )
     llm_sub = llm.add_subparsers(dest="llm_command", metavar="COMMAND", required=True)
 
     tr = llm_sub.add_parser(
         "train",
+        parents=[common],
         help="pre-train a Llama on the embedded corpus",
         description="Train a byte-level BPE tokenizer and a Llama on CPython's standard library "
         "(or --text-dir), with checkpoints, --resume and mixed precision. Writes <out>/checkpoint "
@@ -107,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = llm_sub.add_parser(
         "generate",
+        parents=[common],
         help="decode from a model directory",
         description="Plain autoregressive decoding with a static KV cache from a Hugging Face Llama "
         "directory (config.json + safetensors + tokenizer.json). Prints the continuation; "
@@ -132,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = llm_sub.add_parser(
         "export",
+        parents=[common],
         help="export a training checkpoint as a Hugging Face model directory",
         description="Read <run>/checkpoint from 'papernotes llm train' and write a directory that "
         "transformers.LlamaForCausalLM.from_pretrained and vLLM load: config.json, model.safetensors, "
