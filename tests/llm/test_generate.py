@@ -52,3 +52,15 @@ def test_prompt_longer_than_the_context_is_a_clear_error(model):
         generate(model, too_long, GenerationConfig(max_new_tokens=1))
     with pytest.raises(DataError, match=r"shape \(1, T\)"):
         generate(model, torch.zeros(2, 3, dtype=torch.long), GenerationConfig())
+
+
+def test_decode_stats_derive_tau_and_alpha_from_counts():
+    from papernotes.llm.generate import DecodeStats
+
+    stats = DecodeStats(tokens=7, target_calls=3, accepted_per_step=[1, 4, 2], wall_s=2.0)
+    for position, accepted in [(0, True), (1, True), (2, False), (0, True), (1, False)]:
+        stats.record_position(position, accepted)
+    assert stats.tokens_per_call == 7 / 3 and stats.tokens_per_s == 3.5
+    assert stats.acceptance_rate == 3 / 5
+    assert stats.proposed_by_position == [2, 2, 1] and stats.accepted_by_position == [2, 1, 0]
+    assert stats.as_dict()["acceptance_rate"] == 3 / 5

@@ -36,10 +36,49 @@ class DecodeStats:
     target_calls: int = 0  # forward passes of the (target) model, prefill included
     accepted_per_step: list[int] = field(default_factory=list)  # tokens emitted by each target call's logits
     wall_s: float = 0.0  # wall-clock seconds, prefill included
+    drafted: int = 0  # draft tokens proposed (0 for plain decoding)
+    accepted: int = 0  # draft tokens the target accepted
+    proposed_by_position: list[int] = field(default_factory=list)  # [i]: drafts proposed at draft position i
+    accepted_by_position: list[int] = field(default_factory=list)  # [i]: drafts accepted at draft position i
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def tokens_per_call(self) -> float:
+        """τ: mean tokens emitted per target forward call."""
+        return sum(self.accepted_per_step) / len(self.accepted_per_step) if self.accepted_per_step else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """α: the fraction of proposed draft tokens that the target accepted."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    def record_position(self, position: int, accepted: bool) -> None:
+        """Count one draft token proposed at ``position`` (0-based) and whether it was accepted."""
+        while len(self.proposed_by_position) <= position:
+            self.proposed_by_position.append(0)
+            self.accepted_by_position.append(0)
+        self.proposed_by_position[position] += 1
+        self.accepted_by_position[position] += int(accepted)
+        self.drafted += 1
+        self.accepted += int(accepted)
+
+    def as_dict(self) -> dict[str, float | int | list[int]]:
+        """JSON-ready summary, derived rates included."""
+        return {
+            "tokens": self.tokens,
+            "target_calls": self.target_calls,
+            "wall_s": self.wall_s,
+            "tokens_per_s": self.tokens_per_s,
+            "tokens_per_call": self.tokens_per_call,
+            "acceptance_rate": self.acceptance_rate,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "proposed_by_position": self.proposed_by_position,
+            "accepted_by_position": self.accepted_by_position,
+        }
 
 
 def check_prompt(model: Llama, input_ids: torch.Tensor, config: GenerationConfig) -> None:
