@@ -184,6 +184,18 @@ PRESETS: dict[str, LlamaConfig] = {
         max_position_embeddings=1024,
         tie_word_embeddings=True,
     ),
+    # the draft for speculative decoding: same tokenizer, a fraction of pn-small's per-token cost
+    "pn-draft": LlamaConfig(
+        vocab_size=4096,
+        hidden_size=128,
+        intermediate_size=344,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    ),
     "pn-base": LlamaConfig(
         vocab_size=8192,
         hidden_size=512,

@@ -89,6 +89,19 @@ def prepare_corpus(
     return CorpusData(tok, train_tokens, val_tokens, directory)
 
 
+def encode_corpus(
+    tokenizer: Tokenizer, text_dir: str | Path | None = None, max_bytes: int | None = 3_000_000
+) -> CorpusData:
+    """The corpus split and tokenised with an existing tokenizer (a model's own), not cached."""
+    train_docs, val_docs = split_documents(list(iter_documents(text_dir, max_bytes)))
+    return CorpusData(
+        tokenizer,
+        encode_documents(tokenizer, [d.text for d in train_docs]),
+        encode_documents(tokenizer, [d.text for d in val_docs]),
+        Path(text_dir) if text_dir is not None else Path("stdlib"),
+    )
+
+
 def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over the batch, and the number of predicted tokens."""
     logits = model(batch["input_ids"])  # (B, T, V)

@@ -122,7 +122,8 @@ def run_pretrain(ctx: ExperimentContext) -> ExperimentResult:
         record_path.parent.mkdir(parents=True, exist_ok=True)
         record_path.write_text(json.dumps({"key": key, "recipe": recipe, "runs": runs}, indent=2))
 
-    ctx.shared["target_dir"] = target_dir
+    # what the decoding and PEFT experiments build on
+    ctx.shared.update(target_dir=target_dir, target_key=key, corpus=data, pretrain_size=size)
     figure = _plot_losses(runs, ctx.out_dir / "loss_curves.png")
     compare_at = size["compare_at"]
     val_at = {p: dict((int(k), v) for k, v in runs[p]["val_losses"])[compare_at] for p in PRECISIONS}

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+import torch
+
+from papernotes.core.config import preset
+from papernotes.llm.decoding_benchmark import benchmark_decoders, validation_prompts
+from papernotes.llm.generate import generate
+from papernotes.llm.hf_reference import hf_decoder, load_hf_model
+from papernotes.llm.llama import Llama
+from papernotes.llm.llama_config import PRESETS
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    model = Llama(preset(PRESETS, "tiny")).eval()
+    return model, model.save_pretrained(tmp_path_factory.mktemp("tiny"))
+
+
+def test_validation_prompts_are_fixed_windows():
+    tokens = np.arange(1000, dtype=np.int32)
+    a, b = validation_prompts(tokens, 3, 16, seed=1), validation_prompts(tokens, 3, 16, seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(
+        p.shape == (1, 16) and torch.equal(p[0, 1:] - p[0, :-1], torch.ones(15, dtype=torch.long)) for p in a
+    )
+
+
+def test_benchmark_reports_speedup_and_hf_greedy_matches_ours(model_dir):
+    pytest.importorskip("transformers")
+    model, directory = model_dir
+    hf = load_hf_model(directory)
+    decoders = {
+        "plain": lambda ids, cfg: generate(model, ids, cfg),
+        "hf": hf_decoder(hf),
+        "hf-assisted": hf_decoder(hf, assistant=load_hf_model(directory), num_assistant_tokens=3),
+    }
+    prompts = [torch.randint(0, 256, (1, 10), generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    rows = benchmark_decoders(decoders, prompts, temperatures=(0.0, 0.8), max_new_tokens=12)
+    by = {(r["method"], r["temperature"]): r for r in rows}
+    assert by[("plain", 0.0)]["speedup"] == 1.0 and by[("plain", 0.0)]["matches_plain"]
+    assert by[("plain", 0.0)]["tokens"] == 36 and by[("plain", 0.0)]["tokens_per_call"] == 1.0
+    # same weights, same greedy rule: HF's plain and assisted generation reproduce our tokens
+    assert by[("hf", 0.0)]["matches_plain"] and by[("hf-assisted", 0.0)]["matches_plain"]
+    assert by[("hf", 0.8)]["matches_plain"] is None and by[("hf", 0.8)]["tokens"] == 36
