@@ -33,18 +33,28 @@ GOAL_TIME_RATIO = 2.0  # flash time ≤ this × SDPA time
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seq-lens", type=int, nargs="+", default=None,
-                        help="default 512 1024 2048 4096 8192 16384 (512 1024 2048 with --quick)")
-    parser.add_argument("--backward", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time forward+backward")
+    parser.add_argument(
+        "--seq-lens",
+        type=int,
+        nargs="+",
+        default=None,
+        help="default 512 1024 2048 4096 8192 16384 (512 1024 2048 with --quick)",
+    )
+    parser.add_argument(
+        "--backward", action=argparse.BooleanOptionalAction, default=True, help="also time forward+backward"
+    )
     parser.add_argument("--quick", action="store_true", help="N = 512..2048 unless given; one timed run")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per point (median reported)")
-    parser.add_argument("--max-naive-gib", type=float, default=4.0,
-                        help="skip naive runs whose score matrices would exceed this")
+    parser.add_argument(
+        "--max-naive-gib",
+        type=float,
+        default=4.0,
+        help="skip naive runs whose score matrices would exceed this",
+    )
     args = parser.parse_args(argv)
     if args.seq_lens is None:
         args.seq_lens = [512, 1024, 2048] if args.quick else [512, 1024, 2048, 4096, 8192, 16384]
@@ -97,8 +107,11 @@ def goals(rows: list[dict]) -> dict:
         result.update(memory_fraction=None, memory_goal_met=None)
     if flash is not None and sdpa is not None:
         ratio = flash["time_s"] / sdpa["time_s"]
-        result.update(time_ratio=ratio, time_goal_met=ratio <= GOAL_TIME_RATIO,
-                      time_ratio_best_of_repeats=flash["time_min_s"] / sdpa["time_min_s"])
+        result.update(
+            time_ratio=ratio,
+            time_goal_met=ratio <= GOAL_TIME_RATIO,
+            time_ratio_best_of_repeats=flash["time_min_s"] / sdpa["time_min_s"],
+        )
     else:
         result.update(time_ratio=None, time_goal_met=None, time_ratio_best_of_repeats=None)
     return result
@@ -109,18 +122,32 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     torch.manual_seed(0)
     start = time.perf_counter()
-    common = dict(batch=args.batch, num_heads=args.heads, head_dim=args.head_dim, causal=args.causal,
-                  repeats=args.repeats, max_naive_bytes=int(args.max_naive_gib * 2**30))
+    common = dict(
+        batch=args.batch,
+        num_heads=args.heads,
+        head_dim=args.head_dim,
+        causal=args.causal,
+        repeats=args.repeats,
+        max_naive_bytes=int(args.max_naive_gib * 2**30),
+    )
     rows = profile_attention(args.seq_lens, backward=False, **common)
     if args.backward:
         rows += profile_attention(args.seq_lens, backward=True, **common)
     result = {
         "benchmark": "attention",
         "settings": {
-            "seq_lens": args.seq_lens, "batch": args.batch, "heads": args.heads, "head_dim": args.head_dim,
-            "causal": args.causal, "repeats": args.repeats, "dtype": "float32", "backward": args.backward,
-            "max_naive_gib": args.max_naive_gib, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+            "seq_lens": args.seq_lens,
+            "batch": args.batch,
+            "heads": args.heads,
+            "head_dim": args.head_dim,
+            "causal": args.causal,
+            "repeats": args.repeats,
+            "dtype": "float32",
+            "backward": args.backward,
+            "max_naive_gib": args.max_naive_gib,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.processor() or platform.machine(),
         },
         "rows": rows,
         "ratios": ratios(rows),

@@ -18,7 +18,9 @@ from papernotes.errors import PapernotesError
 EPILOG = """fields and their commands:
   reproduce          run every experiment on embedded data; writes reports/<run>/index.html
   llm train          pre-train a Llama on the embedded corpus (or --text-dir) with fp32/bf16/fp16
-  llm generate       decode from a Hugging Face Llama directory
+  llm generate       decode: plain, speculative, lookup, medusa or mtp
+  llm train-medusa   train Medusa heads on a frozen model
+  llm train-mtp      train multi-token-prediction modules
   llm export         turn a training run's checkpoint into a Hugging Face model directory
   video              (not yet implemented: see the open issues)
 
@@ -131,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="model directory [the target model cached by 'papernotes reproduce']",
     )
+    gen.add_argument(
+        "--method",
+        choices=["plain", "speculative", "lookup", "medusa", "mtp"],
+        default="plain",
+        help="decoding method; all but plain are lossless accelerations of it",
+    )
+    gen.add_argument(
+        "--draft", type=Path, default=None, help="draft model dir for speculative [<model>/../draft]"
+    )
+    gen.add_argument("--medusa", type=Path, default=None, help="Medusa heads dir [<model>/../medusa]")
+    gen.add_argument("--mtp", type=Path, default=None, help="MTP modules dir [<model>/../mtp]")
+    gen.add_argument("--num-draft-tokens", type=int, default=4, help="γ for speculative and lookup")
+    gen.add_argument("--stats", action="store_true", help="print τ, α and per-position acceptance too")
     gen.add_argument("--prompt", default="def ", help="text to continue")
     gen.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -141,6 +156,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--attention", choices=["naive", "sdpa", "flash"], default="sdpa", help="attention backend"
     )
     gen.set_defaults(func=_llm_generate)
+
+    for name, what in (
+        ("train-medusa", "Medusa heads (Medusa-1: frozen base)"),
+        ("train-mtp", "MTP modules"),
+    ):
+        head = llm_sub.add_parser(
+            name,
+            parents=[common],
+            help=f"train {what} for a model directory",
+            description=f"Train {what} on the embedded corpus (or --text-dir), tokenised with the model's "
+            "own tokenizer, through the one training loop. Writes safetensors + JSON config into --out, "
+            "the layout that 'llm generate --method medusa|mtp' reads.",
+            formatter_class=_Formatter,
+        )
+        head.add_argument("--model", type=Path, default=None, help="base model dir [the reproduce target]")
+        head.add_argument("--out", type=Path, required=True, help="folder for the trained weights")
+        head.add_argument("--steps", type=int, default=200, help="optimizer steps")
+        head.add_argument("--batch-size", type=int, default=8, help="sequences per step")
+        head.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+        head.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+        head.add_argument(
+            "--precision", choices=["fp32", "bf16", "fp16"], default="bf16", help="numeric mode"
+        )
+        head.add_argument("--text-dir", type=Path, default=None, help="train on this text instead")
+        head.add_argument("--max-bytes", type=int, default=3_000_000, help="corpus text to read (0 = all)")
+        head.add_argument("--seed", type=int, default=0, help="random seed")
+        if name == "train-medusa":
+            head.add_argument("--num-heads", type=int, default=4, help="Medusa heads (paper default 4)")
+            head.set_defaults(func=_llm_train_medusa)
+        else:
+            head.add_argument("--depth", type=int, default=1, help="MTP depth D (DeepSeek-V3 uses 1)")
+            head.add_argument(
+                "--train-base",
+                action="store_true",
+                help="train the base jointly (writes the updated base into --out/model)",
+            )
+            head.set_defaults(func=_llm_train_mtp)
 
     ex = llm_sub.add_parser(
         "export",
@@ -225,10 +277,34 @@ def _llm_generate(args: argparse.Namespace) -> int:
     text, stats = generate_command(args)
     print(text)
     print(
-        f"[{stats.tokens} tokens in {stats.wall_s:.2f} s, {stats.tokens_per_s:.1f} tokens/s, "
-        f"{stats.target_calls} forward calls]",
+        f"[{args.method}: {stats.tokens} tokens in {stats.wall_s:.2f} s, {stats.tokens_per_s:.1f} tokens/s, "
+        f"{stats.target_calls} target calls]",
         file=sys.stderr,
     )
+    if args.stats:
+        pairs = zip(stats.accepted_by_position, stats.proposed_by_position)
+        by_position = " ".join(f"{a}/{p}" for a, p in pairs) or "-"
+        print(
+            f"[τ = {stats.tokens_per_call:.2f} tokens per target call; α = {stats.acceptance_rate:.2f} "
+            f"({stats.accepted}/{stats.drafted} drafts accepted); by position: {by_position}]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _llm_train_medusa(args: argparse.Namespace) -> int:
+    from papernotes.llm.commands import train_medusa_command
+
+    info = train_medusa_command(args)
+    print(f"Medusa heads: {info['out']} (top-1 accuracy per head: {info['top1']})")
+    return 0
+
+
+def _llm_train_mtp(args: argparse.Namespace) -> int:
+    from papernotes.llm.commands import train_mtp_command
+
+    info = train_mtp_command(args)
+    print(f"MTP modules: {info['out']} (greedy acceptance per depth: {info['acceptance']})")
     return 0
 
 

@@ -16,7 +16,6 @@ from papernotes.llm.multi_token import (
     MTPConfig,
     MTPTrainingModel,
     _draft,
-    accept_drafts,
     add_mtp_modules,
     load_mtp_modules,
     mtp_generate,
@@ -27,6 +26,7 @@ from papernotes.llm.multi_token import (
     save_mtp_modules,
     shared_logits,
 )
+from papernotes.llm.sampling import verify_draft
 
 PERIOD = 12  # the synthetic text repeats a cycle of 12 distinct tokens
 CYCLE = torch.randperm(250, generator=torch.Generator().manual_seed(5))[:PERIOD] + 3  # avoids bos/eos
@@ -281,13 +281,13 @@ def test_acceptance_rule_samples_exactly_from_the_target():
     trials = 6000
     for _ in range(trials):
         draft = torch.multinomial(q[0], 1, generator=gen)
-        accepted, token = accept_drafts(draft, q, p, gen)
+        accepted, token = verify_draft(p, q, draft, gen)
         first[int(draft) if accepted else token] += 1
     torch.testing.assert_close(first / trials, p[0], atol=0.02, rtol=0)
     # greedy: one-hot p and q accept exactly when the argmaxes agree
     one_hot = torch.eye(4)
-    assert accept_drafts(torch.tensor([2]), one_hot[[2]], one_hot[[2, 0]]) == (1, 0)
-    assert accept_drafts(torch.tensor([1]), one_hot[[1]], one_hot[[3, 0]]) == (0, 3)
+    assert verify_draft(one_hot[[2, 0]], one_hot[[2]], torch.tensor([2])) == (1, 0)
+    assert verify_draft(one_hot[[3, 0]], one_hot[[1]], torch.tensor([1])) == (0, 3)
 
 
 def test_sampled_mtp_decoding_repeats_by_seed():

@@ -18,12 +18,23 @@ import torch
 from papernotes.core.checkpoint import atomic_write_file, load_checkpoint
 from papernotes.core.config import apply_overrides, preset
 from papernotes.core.experiments import default_cache_dir
-from papernotes.core.train import TrainConfig, process_rank
+from papernotes.core.train import TrainConfig, process_rank, train
 from papernotes.errors import CheckpointError
-from papernotes.llm.generate import DecodeStats, GenerationConfig, generate
+from papernotes.llm import medusa, multi_token
+from papernotes.llm.corpus import LMBatches
+from papernotes.llm.decoders import build_decoder
+from papernotes.llm.decoding_benchmark import validation_prompts
+from papernotes.llm.generate import DecodeStats, GenerationConfig
 from papernotes.llm.llama import Llama
 from papernotes.llm.llama_config import PRESETS, LlamaConfig
-from papernotes.llm.pretrain import model_config_for, prepare_corpus, pretrain, save_model_dir
+from papernotes.llm.pretrain import (
+    CorpusData,
+    encode_corpus,
+    model_config_for,
+    prepare_corpus,
+    pretrain,
+    save_model_dir,
+)
 from papernotes.llm.tokenizer import EOS, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -108,8 +119,70 @@ def generate_command(args: argparse.Namespace) -> tuple[str, DecodeStats]:
         seed=args.seed,
         eos_token_id=tokenizer.token_to_id(EOS),
     )
-    ids, stats = generate(model, input_ids, config)
+    paths = {"draft": args.draft, "medusa": args.medusa, "mtp": args.mtp}
+    decoder = build_decoder(args.method, model, model_dir, paths, args.num_draft_tokens)
+    ids, stats = decoder(input_ids, config)
     return args.prompt + tokenizer.decode(ids[0].tolist()), stats
+
+
+def _head_training(args: argparse.Namespace) -> tuple[Llama, CorpusData, TrainConfig]:
+    """The base model, its corpus (tokenised with its own tokenizer) and the TrainConfig of a head command."""
+    model_dir = resolve_model_dir(args.model)
+    model = Llama.from_pretrained(model_dir, dtype=torch.float32)
+    data = encode_corpus(load_tokenizer(model_dir), args.text_dir, args.max_bytes or None)
+    config = replace(
+        TrainConfig(),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=args.lr / 10,
+        warmup_steps=max(1, args.steps // 20),
+        precision=args.precision,
+        eval_every=0,
+        checkpoint_every=0,
+        seed=args.seed,
+    )
+    return model, data, config
+
+
+def train_medusa_command(args: argparse.Namespace) -> dict[str, Any]:
+    """``papernotes llm train-medusa``: Medusa-1 heads on a frozen base, tree calibrated on validation."""
+    model, data, config = _head_training(args)
+    heads = medusa.add_medusa_heads(model, replace(medusa.MedusaConfig(), num_heads=args.num_heads))
+    medusa.train_medusa(
+        model, heads, LMBatches(data.train_tokens, config.batch_size, args.seq_len, args.seed), config
+    )
+    val = LMBatches(data.val_tokens, config.batch_size, args.seq_len, args.seed + 1)
+    accuracy = medusa.head_topk_accuracy(model, heads, (val(i) for i in range(4)), heads.config.top_k)
+    medusa.calibrate_tree(model, heads, (val(i) for i in range(4)))
+    out = medusa.save_medusa_heads(heads, args.out)
+    return {"out": str(out), "top1": [round(float(a), 3) for a in accuracy[:, 0]]}
+
+
+def train_mtp_command(args: argparse.Namespace) -> dict[str, Any]:
+    """``papernotes llm train-mtp``: MTP modules on a frozen base, or jointly with ``--train-base``."""
+    model, data, config = _head_training(args)
+    modules = multi_token.add_mtp_modules(model, replace(multi_token.MTPConfig(), depth=args.depth))
+    wrapper = multi_token.MTPTrainingModel(model, modules, train_base=args.train_base)
+    batches = LMBatches(data.train_tokens, config.batch_size, args.seq_len, args.seed)
+    train(wrapper, multi_token.mtp_training_loss, batches, config)
+    out = multi_token.save_mtp_modules(modules, args.out)
+    if args.train_base:
+        save_model_dir(model, data.tokenizer, Path(args.out) / "model")
+    prompts = validation_prompts(data.val_tokens, 2, min(64, args.seq_len), seed=args.seed)
+    accepted = [0] * args.depth
+    proposed = [0] * args.depth
+    for prompt in prompts:
+        _, stats = multi_token.mtp_generate(
+            model.eval(), modules, prompt, GenerationConfig(max_new_tokens=32)
+        )
+        for i, (a, p) in enumerate(zip(stats.accepted_by_position, stats.proposed_by_position)):
+            accepted[i] += a
+            proposed[i] += p
+    return {
+        "out": str(out),
+        "acceptance": [round(a / p, 3) if p else None for a, p in zip(accepted, proposed)],
+    }
 
 
 def export_command(args: argparse.Namespace) -> Path:

@@ -51,7 +51,7 @@ from papernotes.errors import CheckpointError, ConfigError, ShapeMismatchError
 from papernotes.llm.generate import DecodeStats, GenerationConfig, check_prompt
 from papernotes.llm.llama import Llama, LlamaDecoderLayer
 from papernotes.llm.llama_config import LlamaConfig
-from papernotes.llm.sampling import logits_to_probs, sample
+from papernotes.llm.sampling import logits_to_probs, sample, verify_draft
 from papernotes.nn.kv_cache import KVCache
 from papernotes.nn.rmsnorm import RMSNorm
 
@@ -312,32 +312,6 @@ def mtp_training_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple
     return model(batch["input_ids"], batch["labels"])
 
 
-def accept_drafts(
-    draft_ids: torch.Tensor,
-    draft_probs: torch.Tensor,
-    target_probs: torch.Tensor,
-    generator: torch.Generator | None = None,
-) -> tuple[int, int]:
-    """Speculative acceptance: drafts (m,) with draft probs q (m, V), target probs p (m + 1, V).
-
-    Returns (accepted drafts a, next token): the tokens to emit are drafts[:a] then the next
-    token, distributed exactly as sampling from p one token at a time. With one-hot p and q
-    (greedy) this is "accept while the draft equals the target's argmax, then emit the argmax".
-    """
-    for i in range(draft_ids.shape[0]):
-        d = int(draft_ids[i])
-        p, q = target_probs[i], draft_probs[i]
-        u = float(torch.rand((), generator=generator))
-        # Leviathan et al. 2023, Alg. 1: accept with probability min(1, p(d) / q(d)); q(d) > 0 as d ~ q
-        if u < float(p[d] / q[d]):
-            continue
-        # rejected: resample from norm(max(0, p - q)), the part of p that q under-covers
-        residual = (p - q).clamp(min=0)
-        residual = residual / residual.sum() if residual.sum() > 0 else p
-        return i, int(sample(residual, generator))
-    return draft_ids.shape[0], int(sample(target_probs[-1], generator))  # all accepted: a bonus token from p
-
-
 def _draft(
     model: Llama,
     modules: MTPModules,
@@ -392,7 +366,7 @@ def mtp_generate(
 
     Each step: the modules draft up to D tokens after the last emitted token t_n (fewer near
     ``max_new_tokens``); the main model reads [t_n, drafts] with its KV cache; the longest
-    accepted prefix plus one token from the main model are emitted (``accept_drafts``); the
+    accepted prefix plus one token from the main model are emitted (``sampling.verify_draft``); the
     main cache is cropped to the emitted tokens. Greedy output equals ``generate``'s token for
     token; sampled output has the same distribution (not the same tokens for a seed).
     Stats: ``record_position(k - 1, accepted)`` for every draft of depth k that was verified.
@@ -439,7 +413,7 @@ def mtp_generate(
         logits, h = model(feed, cache=cache, return_hidden=True)  # (1, m + 1, V), (1, m + 1, E)
         stats.target_calls += 1
         p = logits_to_probs(logits[0], config.temperature, config.top_k, config.top_p)  # (m + 1, V)
-        accepted, bonus = accept_drafts(drafts, q, p, generator)
+        accepted, bonus = verify_draft(p, q, drafts, generator)
         for position in range(num_drafts):
             stats.record_position(position, position < accepted)
         cache.crop(n + accepted + 1)  # keep t_n and the accepted drafts; drop the rejected tail

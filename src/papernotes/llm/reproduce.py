@@ -25,6 +25,7 @@ from papernotes.core.train import TrainConfig
 from papernotes.llm.commands import TARGET_MODEL_DIR
 from papernotes.llm.llama_config import PRESETS
 from papernotes.llm.pretrain import model_config_for, prepare_corpus, pretrain, save_model_dir
+from papernotes.llm.reproduce_decoding import run_decoding
 from papernotes.nn.attention_profile import profile_attention
 
 logger = logging.getLogger(__name__)
@@ -288,5 +289,11 @@ EXPERIMENTS = [
         "llm",
         "naive vs FlashAttention (ours) vs SDPA: time and memory against N",
         run_attention,
+    ),
+    Experiment(
+        "llm-decoding",
+        "llm",
+        "speculative, prompt lookup, Medusa and MTP decoding vs plain decoding (and HF generate)",
+        run_decoding,
     ),
 ]
