@@ -110,3 +110,53 @@ def test_export_to_bfloat16_halves_the_weights(run_dir, tmp_path):
 def test_generate_with_a_missing_model_dir_exits_2(tmp_path, capsys):
     assert main(["llm", "generate", "--model", str(tmp_path / "nope")]) == 2
     assert str(tmp_path / "nope") in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def decoding_dirs(run_dir):
+    """Medusa heads, MTP modules and a draft beside the model, the layout generate --method reads."""
+    import shutil
+
+    model = run_dir / "model"
+    common = [
+        "--model",
+        str(model),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--max-bytes",
+        "150000",
+    ]
+    assert main(["llm", "train-medusa", *common, "--out", str(run_dir / "medusa")]) == 0
+    assert main(["llm", "train-mtp", *common, "--out", str(run_dir / "mtp")]) == 0
+    if not (run_dir / "draft").exists():
+        shutil.copytree(model, run_dir / "draft")  # a draft only needs the same vocabulary
+    return run_dir
+
+
+@pytest.mark.parametrize("method", ["speculative", "lookup", "medusa", "mtp"])
+def test_generate_methods_reproduce_plain_greedy_text(decoding_dirs, method, capsys):
+    base = [
+        "llm",
+        "generate",
+        "--model",
+        str(decoding_dirs / "model"),
+        "--prompt",
+        "import os\n",
+        "--max-new-tokens",
+    ]
+    assert main([*base, "12"]) == 0
+    plain = capsys.readouterr().out
+    assert main([*base, "12", "--method", method, "--stats"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == plain
+    assert f"[{method}:" in captured.err and "τ =" in captured.err
+
+
+def test_generate_with_a_missing_draft_names_the_folder(run_dir, tmp_path, capsys):
+    argv = ["llm", "generate", "--model", str(run_dir / "model"), "--method", "speculative"]
+    assert main([*argv, "--draft", str(tmp_path / "nodraft")]) == 2
+    assert "nodraft does not exist" in capsys.readouterr().err
