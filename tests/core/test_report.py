@@ -46,3 +46,8 @@ def test_text_table_aligns_columns():
     lines = text_table(["name", "v"], [["a", 1.0], ["long-name", 22]]).splitlines()
     column = len("long-name  ")
     assert lines[0].index("v") == lines[2].index("1") == lines[3].index("22") == column
+
+
+def test_text_table_pads_ragged_rows_and_shows_missing_values():
+    lines = text_table(["method", "pos 1", "pos 2"], [["a", 0.5, 0.25], ["b", None]]).splitlines()
+    assert lines[3].split() == ["b", "-"]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from papernotes.cli import main
-from papernotes.llm import reproduce
+from papernotes.llm import reproduce, reproduce_decoding
 from papernotes.llm.llama import Llama
 
 
@@ -25,6 +25,21 @@ def tiny_sizes(monkeypatch):
         },
     )
     monkeypatch.setitem(
+        reproduce_decoding.DECODING_SIZES,
+        "quick",
+        {
+            "draft_model": "tiny",
+            "draft_steps": 2,
+            "medusa_steps": 2,
+            "mtp_steps": 2,
+            "batch_size": 2,
+            "num_draft_tokens": 3,
+            "num_prompts": 2,
+            "prompt_len": 8,
+            "max_new_tokens": 8,
+        },
+    )
+    monkeypatch.setitem(
         reproduce.ATTENTION_SIZES, "quick", {"seq_lens": [64, 128], "num_heads": 2, "repeats": 1}
     )
 
@@ -36,16 +51,7 @@ def _results(out):
 
 def test_reproduce_llm_writes_report_figures_and_a_cached_hf_model(tiny_sizes, tmp_path, capsys):
     out, cache = tmp_path / "reports", tmp_path / "cache"
-    argv = [
-        "reproduce",
-        "--only",
-        "llm-pretrain",
-        "llm-attention",
-        "--out",
-        str(out),
-        "--cache-dir",
-        str(cache),
-    ]
+    argv = ["reproduce", "--out", str(out), "--cache-dir", str(cache)]  # every LLM experiment
     assert main(argv) == 0
     run, results = _results(out)
     pre = results["experiments"]["llm-pretrain"]
@@ -60,6 +66,12 @@ def test_reproduce_llm_writes_report_figures_and_a_cached_hf_model(tiny_sizes, t
     att = results["experiments"]["llm-attention"]
     assert att["status"] == "ok", att.get("traceback")
     assert {r["backend"] for r in att["metrics"]["rows"]} == {"naive", "sdpa", "flash"}
+    dec = results["experiments"]["llm-decoding"]
+    assert dec["status"] == "ok", dec.get("traceback")
+    greedy = {r["method"]: r for r in dec["metrics"]["rows"] if r["temperature"] == 0}
+    assert {"plain", "speculative", "lookup", "medusa", "mtp"} <= set(greedy)
+    assert all(r["matches_plain"] for r in greedy.values())  # every method is lossless, HF's included
+    assert (run / "llm-decoding" / "decoding_speedup.png").is_file()
     assert "llm-pretrain" in (run / "index.html").read_text()
     assert "pre-training by precision mode" in capsys.readouterr().out
     model = Llama.from_pretrained(cache / "llm" / "target")  # cached for the decoding and PEFT issues

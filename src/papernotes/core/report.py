@@ -23,7 +23,9 @@ pre { background: #f7f7f7; padding: .5rem; overflow-x: auto; }
 
 
 def format_value(value: Any) -> str:
-    """Numbers to 4 significant digits, everything else as text."""
+    """Numbers to 4 significant digits, None as "-", everything else as text."""
+    if value is None:
+        return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -31,7 +33,10 @@ def format_value(value: Any) -> str:
 
 def text_table(columns: list[str], rows: list[list[Any]]) -> str:
     """A plain fixed-width table for the terminal."""
-    cells = [[str(c) for c in columns]] + [[format_value(v) for v in row] for row in rows]
+    # ragged rows (e.g. acceptance by position, where methods draft different depths) are padded
+    cells = [[str(c) for c in columns]] + [
+        [format_value(v) for v in row] + [""] * (len(columns) - len(row)) for row in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -39,9 +39,9 @@ logger = logging.getLogger(__name__)
 DECODING_SIZES: dict[str, dict[str, Any]] = {
     "quick": {
         "draft_model": "pn-draft",
-        "draft_steps": 200,
-        "medusa_steps": 120,
-        "mtp_steps": 120,
+        "draft_steps": 800,
+        "medusa_steps": 200,
+        "mtp_steps": 300,
         "batch_size": 8,
         "num_draft_tokens": 4,
         "num_prompts": 4,
