@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from papernotes.errors import CheckpointError
+from papernotes.errors import CheckpointError, ShapeMismatchError
 
 WEIGHTS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -177,6 +177,28 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     for alias, name in json.loads(header.get(_ALIASES_KEY, "{}")).items():
         state[alias] = state[name]
     return state
+
+
+def check_state_dict(
+    expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str | Path, context: str
+) -> None:
+    """Raise unless ``state`` has exactly ``expected``'s names and shapes.
+
+    Missing or unexpected names -> CheckpointError (``context`` says which settings set the names);
+    a wrong shape -> ShapeMismatchError naming the tensor and both shapes.
+    """
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} does not match {context}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            raise ShapeMismatchError(
+                f"{source}: tensor {name} has shape {tuple(state[name].shape)}, "
+                f"but the base model needs {tuple(tensor.shape)}"
+            )
 
 
 def rng_state() -> dict[str, Any]:

@@ -50,9 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from papernotes.core.checkpoint import atomic_write_file, load_weights, save_weights
+from papernotes.core.checkpoint import atomic_write_file, check_state_dict, load_weights, save_weights
 from papernotes.core.train import BatchFn, TrainConfig, TrainResult, ValBatchFn, train
-from papernotes.errors import CheckpointError, ConfigError, DataError, ShapeMismatchError
+from papernotes.errors import CheckpointError, ConfigError, DataError
 from papernotes.llm.generate import DecodeStats, GenerationConfig, check_prompt
 from papernotes.llm.llama import Llama
 from papernotes.llm.llama_config import LlamaConfig
@@ -556,19 +556,12 @@ def load_medusa_heads(model: Llama, directory: str | Path) -> MedusaHeads:
     heads = MedusaHeads(model.config, config)
     expected = heads.state_dict()
     state = load_weights(directory / WEIGHTS_FILE)  # CheckpointError naming the file
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{directory / WEIGHTS_FILE} does not match num_heads={config.num_heads}, "
-            f"num_layers={config.num_layers}: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    for name, tensor in expected.items():
-        if state[name].shape != tensor.shape:
-            raise ShapeMismatchError(
-                f"{directory / WEIGHTS_FILE}: tensor {name} has shape {tuple(state[name].shape)}, "
-                f"but the base model needs {tuple(tensor.shape)}"
-            )
+    check_state_dict(
+        expected,
+        state,
+        directory / WEIGHTS_FILE,
+        f"num_heads={config.num_heads}, num_layers={config.num_layers}",
+    )
     weight = model.lm_head.weight
     heads.load_state_dict(state)
     heads.to(device=weight.device, dtype=weight.dtype)

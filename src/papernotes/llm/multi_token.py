@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from papernotes.core.checkpoint import atomic_write_file, load_weights, save_weights
-from papernotes.errors import CheckpointError, ConfigError, ShapeMismatchError
+from papernotes.core.checkpoint import atomic_write_file, check_state_dict, load_weights, save_weights
+from papernotes.errors import CheckpointError, ConfigError
 from papernotes.llm.generate import DecodeStats, GenerationConfig, check_prompt
 from papernotes.llm.llama import Llama, LlamaDecoderLayer
 from papernotes.llm.llama_config import LlamaConfig
@@ -464,19 +464,7 @@ def load_mtp_modules(model: Llama, directory: str | Path) -> MTPModules:
     modules = add_mtp_modules(model, config)
     expected = modules.state_dict()
     state = load_weights(directory / WEIGHTS_FILE)  # CheckpointError naming the file
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{directory / WEIGHTS_FILE} does not match depth={config.depth}: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    for name, tensor in expected.items():
-        if state[name].shape != tensor.shape:
-            raise ShapeMismatchError(
-                f"{directory / WEIGHTS_FILE}: tensor {name} has shape {tuple(state[name].shape)}, "
-                f"but the base model needs {tuple(tensor.shape)}"
-            )
+    check_state_dict(expected, state, directory / WEIGHTS_FILE, f"depth={config.depth}")
     weight = model.lm_head.weight
     modules.load_state_dict({k: v.to(device=weight.device, dtype=weight.dtype) for k, v in state.items()})
     logger.info("loaded %d MTP modules from %s", config.depth, directory)
