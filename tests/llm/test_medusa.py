@@ -17,18 +17,20 @@ from papernotes.llm.llama_config import PRESETS
 from papernotes.llm.medusa import (
     MedusaConfig,
     add_medusa_heads,
-    calibrate_tree,
     evaluate_posterior,
     generate_candidates,
-    head_topk_accuracy,
     load_medusa_heads,
     medusa_generate,
-    medusa_head_losses,
-    medusa_loss,
     save_medusa_heads,
-    train_medusa,
     tree_decode,
     typical_acceptance,
+)
+from papernotes.llm.medusa_train import (
+    calibrate_tree,
+    head_topk_accuracy,
+    medusa_head_losses,
+    medusa_loss,
+    train_medusa,
 )
 from papernotes.llm.medusa_tree import build_tree, expected_accepted, greedy_tree, longest_accepted_path
 from papernotes.nn.kv_cache import KVCache

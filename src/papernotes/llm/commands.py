@@ -20,7 +20,7 @@ from papernotes.core.config import apply_overrides, preset
 from papernotes.core.experiments import default_cache_dir
 from papernotes.core.train import TrainConfig, process_rank, train
 from papernotes.errors import CheckpointError
-from papernotes.llm import medusa, multi_token
+from papernotes.llm import medusa, medusa_train, multi_token
 from papernotes.llm.corpus import LMBatches
 from papernotes.llm.decoders import build_decoder
 from papernotes.llm.decoding_benchmark import validation_prompts
@@ -149,12 +149,12 @@ def train_medusa_command(args: argparse.Namespace) -> dict[str, Any]:
     """``papernotes llm train-medusa``: Medusa-1 heads on a frozen base, tree calibrated on validation."""
     model, data, config = _head_training(args)
     heads = medusa.add_medusa_heads(model, replace(medusa.MedusaConfig(), num_heads=args.num_heads))
-    medusa.train_medusa(
+    medusa_train.train_medusa(
         model, heads, LMBatches(data.train_tokens, config.batch_size, args.seq_len, args.seed), config
     )
     val = LMBatches(data.val_tokens, config.batch_size, args.seq_len, args.seed + 1)
-    accuracy = medusa.head_topk_accuracy(model, heads, (val(i) for i in range(4)), heads.config.top_k)
-    medusa.calibrate_tree(model, heads, (val(i) for i in range(4)))
+    accuracy = medusa_train.head_topk_accuracy(model, heads, (val(i) for i in range(4)), heads.config.top_k)
+    medusa_train.calibrate_tree(model, heads, (val(i) for i in range(4)))
     out = medusa.save_medusa_heads(heads, args.out)
     return {"out": str(out), "top1": [round(float(a), 3) for a in accuracy[:, 0]]}
 

@@ -1,4 +1,4 @@
-"""Medusa: extra decoding heads, their Medusa-1 training, and tree-based parallel decoding.
+"""Medusa: extra decoding heads and tree-based parallel decoding (training: ``medusa_train``).
 
 Paper: Cai et al. 2024, "Medusa: Simple LLM Inference Acceleration Framework with Multiple
 Decoding Heads", arXiv:2401.10774.
@@ -38,11 +38,10 @@ Shapes: B batch, T tokens, E hidden size, V vocabulary, K heads, N tree nodes (r
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +50,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from papernotes.core.checkpoint import atomic_write_file, check_state_dict, load_weights, save_weights
-from papernotes.core.train import BatchFn, TrainConfig, TrainResult, ValBatchFn, train
 from papernotes.errors import CheckpointError, ConfigError, DataError
 from papernotes.llm.generate import DecodeStats, GenerationConfig, check_prompt
 from papernotes.llm.llama import Llama
@@ -61,7 +59,6 @@ from papernotes.llm.medusa_tree import (
     TreePath,
     build_tree,
     chain_tree,
-    greedy_tree,
     longest_accepted_path,
 )
 from papernotes.llm.sampling import logits_to_probs, sample
@@ -184,119 +181,11 @@ def add_medusa_heads(model: Llama, config: MedusaConfig) -> MedusaHeads:
     return heads
 
 
-def _check_pair(model: Llama, heads: MedusaHeads) -> None:
+def check_heads_fit(model: Llama, heads: MedusaHeads) -> None:
     for name in ("hidden_size", "vocab_size"):
         ours, theirs = getattr(heads.base_config, name), getattr(model.config, name)
         if ours != theirs:
             raise ConfigError(f"Medusa heads were built for {name}={ours}, the model has {theirs}")
-
-
-# --- Medusa-1 training ---------------------------------------------------------------------------
-
-
-def _unwrap(heads: nn.Module) -> MedusaHeads:
-    """The MedusaHeads inside a DDP wrapper (core.train wraps the trained module under torchrun)."""
-    return heads.module if isinstance(heads, nn.parallel.DistributedDataParallel) else heads  # type: ignore[return-value]
-
-
-def medusa_head_losses(
-    model: Llama, heads: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor
-) -> list[torch.Tensor]:
-    """CE_k for each head k on ids (B, T) with next-token labels (B, T) (labels[:, i] = t_{i+1}).
-
-    Head k at position i targets t_{i+k+2} = labels[:, i + k + 1]; the last k + 1 positions
-    have no target and are dropped, and ``IGNORE_INDEX`` labels are masked. The base runs
-    without autograd (Medusa-1: it is frozen), so only the heads receive gradients.
-    """
-    with torch.no_grad():
-        _, hidden = model(input_ids, return_hidden=True)  # (B, T, E)
-    logits = heads(hidden)  # (K, B, T, V); called, not read, so a DDP wrapper syncs its gradients
-    T = input_ids.shape[1]
-    losses = []
-    for k in range(logits.shape[0]):
-        targets = labels[:, k + 1 :]  # (B, T - k - 1)
-        head_logits = logits[k, :, : T - k - 1]  # (B, T - k - 1, V)
-        if not bool((targets != IGNORE_INDEX).any()):
-            losses.append(head_logits.sum() * 0.0)  # no target for this head: zero, still in the graph
-            continue
-        # cross-entropy in fp32: low-precision log-softmax over a large vocabulary is lossy
-        losses.append(
-            F.cross_entropy(head_logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
-        )
-    return losses
-
-
-def medusa_loss(model: Llama, heads: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
-    """(Σ_k λ^k · CE_k, labelled tokens) for a batch {"input_ids", "labels"} (B, T) (eq. 2).
-
-    For ``core.train.train`` bind the base: ``train(heads, functools.partial(medusa_loss, model), ...)``
-    (what :func:`train_medusa` does); ``heads`` may then be the DDP wrapper.
-    """
-    decay = _unwrap(heads).config.loss_decay
-    losses = medusa_head_losses(model, heads, batch["input_ids"], batch["labels"])
-    total = sum((decay**k * loss for k, loss in enumerate(losses)), torch.zeros((), device=losses[0].device))
-    return total, int((batch["labels"] != IGNORE_INDEX).sum())
-
-
-def train_medusa(
-    model: Llama,
-    heads: MedusaHeads,
-    batches: BatchFn,
-    train_config: TrainConfig,
-    val_batches: ValBatchFn | None = None,
-) -> TrainResult:
-    """Medusa-1: freeze the base, train only the heads with ``core.train.train``.
-
-    ``batches``/``val_batches`` follow ``train``'s contract (e.g. ``LMBatches``). The trained
-    module is ``heads`` itself, so the optimizer and checkpoints hold only head weights.
-    """
-    _check_pair(model, heads)
-    model.requires_grad_(False)
-    model.eval()
-    heads.requires_grad_(True)
-    return train(heads, functools.partial(medusa_loss, model), batches, train_config, val_batches)
-
-
-@torch.no_grad()
-def head_topk_accuracy(
-    model: Llama, heads: MedusaHeads, batches: Iterable[Batch], k_max: int = 10
-) -> torch.Tensor:
-    """(K, k_max): [k, j] = fraction of positions whose target t_{i+k+2} is in head k's top-(j+1).
-
-    ``batches`` is an iterable of {"input_ids", "labels"} dicts (e.g. ``(val(i) for i in range(n))``).
-    Feed the result to :func:`medusa_tree.greedy_tree` (or use :func:`calibrate_tree`).
-    """
-    _check_pair(model, heads)
-    if not 1 <= k_max <= model.config.vocab_size:
-        raise ConfigError(f"k_max must be in [1, vocab_size={model.config.vocab_size}], got {k_max}")
-    K = heads.num_heads
-    hits = torch.zeros(K, k_max, dtype=torch.float64)
-    counts = torch.zeros(K, dtype=torch.float64)
-    for batch in batches:
-        input_ids, labels = batch["input_ids"], batch["labels"]
-        _, hidden = model(input_ids, return_hidden=True)  # (B, T, E)
-        logits = heads(hidden)  # (K, B, T, V)
-        T = input_ids.shape[1]
-        for k in range(K):
-            targets = labels[:, k + 1 :].to(logits.device)  # (B, T - k - 1)
-            valid = targets != IGNORE_INDEX
-            top = logits[k, :, : T - k - 1].topk(k_max, dim=-1).indices  # (B, T - k - 1, k_max)
-            hit = (top == targets[..., None]) & valid[..., None]  # at most one rank hits per position
-            hits[k] += hit.flatten(0, 1).sum(0).double().cpu()
-            counts[k] += float(valid.sum())
-    if not bool((counts > 0).all()):
-        raise DataError("head_topk_accuracy: the batches hold no target for some head (sequences too short?)")
-    return (hits.cumsum(-1) / counts[:, None]).float()
-
-
-def calibrate_tree(
-    model: Llama, heads: MedusaHeads, batches: Iterable[Batch], num_nodes: int | None = None
-) -> list[TreePath]:
-    """Measure top-k accuracy (k_max = config.top_k), build the greedy tree, store it as ``heads.tree``."""
-    accuracy = head_topk_accuracy(model, heads, batches, heads.config.top_k)
-    heads.tree = greedy_tree(accuracy, heads.config.tree_nodes if num_nodes is None else num_nodes)
-    logger.info("Medusa tree: %d nodes, depth %d", len(heads.tree), max(map(len, heads.tree), default=0))
-    return heads.tree
 
 
 # --- decoding: the four steps ---------------------------------------------------------------------
@@ -445,7 +334,7 @@ def medusa_generate(
     for each depth d verified in a round, ok = the accepted path reached depth d.
     """
     check_prompt(model, input_ids, config)
-    _check_pair(model, heads)
+    check_heads_fit(model, heads)
     full_tree = resolve_tree(heads, tree)
     stats = DecodeStats()
     start_time = time.perf_counter()

@@ -159,7 +159,7 @@ def greedy_tree(topk_accuracy: torch.Tensor, num_nodes: int) -> list[TreePath]:
     """The ``num_nodes``-node tree (root excluded) that maximises E[accepted], built greedily.
 
     ``topk_accuracy`` is (K, k_max) cumulative top-k accuracy per head, as
-    :func:`papernotes.llm.medusa.head_topk_accuracy` measures it. Nodes are added one at a
+    :func:`papernotes.llm.medusa_train.head_topk_accuracy` measures it. Nodes are added one at a
     time, always the frontier path with the largest product of rank accuracies (ties: the
     shallower, then lexicographically smaller path). Nodes whose product is 0 add nothing
     and are never added, so the tree may come out smaller than ``num_nodes``.

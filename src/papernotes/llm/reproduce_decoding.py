@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from papernotes.core.config import preset, to_dict
 from papernotes.core.experiments import ExperimentContext, ExperimentResult, Table
 from papernotes.core.train import TrainConfig, train
-from papernotes.llm import medusa, multi_token
+from papernotes.llm import medusa, medusa_train, multi_token
 from papernotes.llm.corpus import LMBatches
 from papernotes.llm.decoding_benchmark import Decoder, benchmark_decoders, validation_prompts
 from papernotes.llm.generate import generate
@@ -127,10 +127,12 @@ def run_decoding(ctx: ExperimentContext) -> ExperimentResult:
         heads = medusa.add_medusa_heads(target, medusa.MedusaConfig())
         cfg = _train_config(size["medusa_steps"], size["batch_size"], ctx.seed)
         batches = LMBatches(data.train_tokens, cfg.batch_size, seq_len, ctx.seed)
-        result = medusa.train_medusa(target, heads, batches, cfg)
+        result = medusa_train.train_medusa(target, heads, batches, cfg)
         trained["medusa_wall_s"] = result.wall_s
         val = LMBatches(data.val_tokens, cfg.batch_size, seq_len, ctx.seed + 1)
-        medusa.calibrate_tree(target, heads, (val(i) for i in range(4)))  # the tree from measured accuracies
+        medusa_train.calibrate_tree(
+            target, heads, (val(i) for i in range(4))
+        )  # the tree from measured accuracies
         medusa.save_medusa_heads(heads, medusa_dir)
         _mark(medusa_dir, key)
     heads = medusa.load_medusa_heads(target, medusa_dir)
