@@ -64,3 +64,13 @@ def test_decode_stats_derive_tau_and_alpha_from_counts():
     assert stats.acceptance_rate == 3 / 5
     assert stats.proposed_by_position == [2, 2, 1] and stats.accepted_by_position == [2, 1, 0]
     assert stats.as_dict()["acceptance_rate"] == 3 / 5
+
+
+def test_emit_tokens_cuts_exactly_at_eos_or_the_budget():
+    from papernotes.llm.generate import DecodeStats, emit_tokens
+
+    stats, new = DecodeStats(), [7]
+    assert not emit_tokens([1, 2], new, GenerationConfig(max_new_tokens=5, eos_token_id=9), stats)
+    assert emit_tokens([3, 9, 4], new, GenerationConfig(max_new_tokens=9, eos_token_id=9), stats)
+    assert new == [7, 1, 2, 3, 9] and stats.accepted_per_step == [2, 2]
+    assert emit_tokens([5, 6], new, GenerationConfig(max_new_tokens=6), stats) and new[-1] == 5

@@ -11,6 +11,7 @@ of shape (1, T) and a :class:`GenerationConfig`; returns the new ids (1, N) and 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -79,6 +80,23 @@ class DecodeStats:
             "proposed_by_position": self.proposed_by_position,
             "accepted_by_position": self.accepted_by_position,
         }
+
+
+def emit_tokens(tokens: Sequence[int], new: list[int], config: GenerationConfig, stats: DecodeStats) -> bool:
+    """Append one target call's tokens to ``new``, cut exactly at EOS or ``max_new_tokens``.
+
+    Records how many were kept in ``stats.accepted_per_step``; True when decoding is done. Shared
+    by every method that emits several tokens per target call, so all stop at the same token.
+    """
+    kept = 0
+    for token in tokens:
+        new.append(token)
+        kept += 1
+        if len(new) == config.max_new_tokens or token == config.eos_token_id:
+            stats.accepted_per_step.append(kept)
+            return True
+    stats.accepted_per_step.append(kept)
+    return False
 
 
 def check_prompt(model: Llama, input_ids: torch.Tensor, config: GenerationConfig) -> None:

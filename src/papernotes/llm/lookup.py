@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from papernotes.errors import ConfigError
-from papernotes.llm.generate import DecodeStats, GenerationConfig, check_prompt
+from papernotes.llm.generate import DecodeStats, GenerationConfig, check_prompt, emit_tokens
 from papernotes.llm.llama import Llama
 from papernotes.llm.sampling import logits_to_probs, sample, verify_draft
 
@@ -90,15 +90,7 @@ def lookup_generate(
     ]
     n = T  # position of the newest committed token t_n; the cache holds positions < n
     while True:
-        done, kept = False, 0
-        for token in emitted:  # eos inside an accepted block ends decoding right there
-            new.append(token)
-            kept += 1
-            if len(new) == N or token == config.eos_token_id:
-                done = True
-                break
-        stats.accepted_per_step.append(kept)
-        if done:
+        if emit_tokens(emitted, new, config, stats):  # eos and max_new_tokens cut exactly
             break
         seq[:, n] = emitted[-1]
         # drafts + the bonus token must fit in max_new_tokens; no match -> a plain one-token step

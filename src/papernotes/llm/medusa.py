@@ -51,7 +51,7 @@ from torch import nn
 
 from papernotes.core.checkpoint import atomic_write_file, check_state_dict, load_weights, save_weights
 from papernotes.errors import CheckpointError, ConfigError, DataError
-from papernotes.llm.generate import DecodeStats, GenerationConfig, check_prompt
+from papernotes.llm.generate import DecodeStats, GenerationConfig, check_prompt, emit_tokens
 from papernotes.llm.llama import Llama
 from papernotes.llm.llama_config import LlamaConfig
 from papernotes.llm.medusa_tree import (
@@ -362,15 +362,7 @@ def medusa_generate(
     emitted, new = [root], []
     n = T  # the root's position; the cache holds positions < n
     while True:
-        done, kept = False, 0
-        for token in emitted:  # eos and max_new_tokens cut a round's tokens exactly
-            new.append(token)
-            kept += 1
-            if len(new) == config.max_new_tokens or token == config.eos_token_id:
-                done = True
-                break
-        stats.accepted_per_step.append(kept)  # tokens emitted from this target call's logits
-        if done:
+        if emit_tokens(emitted, new, config, stats):  # eos and max_new_tokens cut exactly
             break
         # accepted candidates + the next root must fit in what max_new_tokens still allows
         step_tree = full_tree.truncate(config.max_new_tokens - len(new) - 1)

@@ -48,7 +48,7 @@ from torch import nn
 
 from papernotes.core.checkpoint import atomic_write_file, check_state_dict, load_weights, save_weights
 from papernotes.errors import CheckpointError, ConfigError
-from papernotes.llm.generate import DecodeStats, GenerationConfig, check_prompt
+from papernotes.llm.generate import DecodeStats, GenerationConfig, check_prompt, emit_tokens
 from papernotes.llm.llama import Llama, LlamaDecoderLayer
 from papernotes.llm.llama_config import LlamaConfig
 from papernotes.llm.sampling import logits_to_probs, sample, verify_draft
@@ -395,15 +395,7 @@ def mtp_generate(
     emitted = [int(first)]
     n = T  # index of the newest committed token t_n; the main cache holds positions < n
     while True:
-        done, kept = False, 0
-        for token in emitted:  # eos and max_new_tokens cut a step's tokens exactly
-            new.append(token)
-            kept += 1
-            if len(new) == config.max_new_tokens or token == config.eos_token_id:
-                done = True
-                break
-        stats.accepted_per_step.append(kept)  # tokens emitted from this target call's logits
-        if done:
+        if emit_tokens(emitted, new, config, stats):  # eos and max_new_tokens cut exactly
             break
         seq[:, n] = emitted[-1]
         # drafts + the bonus token must fit in max_new_tokens

@@ -36,7 +36,7 @@ import time
 import torch
 
 from papernotes.errors import ConfigError
-from papernotes.llm.generate import DecodeStats, GenerationConfig, check_prompt
+from papernotes.llm.generate import DecodeStats, GenerationConfig, check_prompt, emit_tokens
 from papernotes.llm.llama import Llama
 from papernotes.llm.sampling import logits_to_probs, sample, verify_draft
 from papernotes.nn.kv_cache import KVCache
@@ -126,15 +126,7 @@ def speculative_generate(
     n = T  # position of the newest committed token t_n; the target cache holds positions < n
     gamma_next = num_draft_tokens
     while True:
-        done, kept = False, 0
-        for token in emitted:  # eos inside an accepted block ends decoding right there
-            new.append(token)
-            kept += 1
-            if len(new) == N or token == config.eos_token_id:
-                done = True
-                break
-        stats.accepted_per_step.append(kept)  # tokens emitted from this target call's logits
-        if done:
+        if emit_tokens(emitted, new, config, stats):  # eos and max_new_tokens cut exactly
             break
         seq[:, n] = emitted[-1]
         # the γ drafts and the bonus token must fit in max_new_tokens (and so in both caches)
