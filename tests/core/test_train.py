@@ -242,3 +242,11 @@ def test_lr_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor():
     assert lr_at(3, lr=1.0, min_lr=0.0, warmup_steps=0, total_steps=4) == pytest.approx(
         0.5 * (1 + math.cos(math.pi * 3 / 4))
     )
+
+
+def test_short_run_sets_warmup_and_cosine_floor_and_keeps_overrides():
+    from papernotes.core.train import short_run
+
+    cfg = short_run(200, 8, lr=3e-3, precision="bf16")
+    assert (cfg.warmup_steps, cfg.min_lr, cfg.eval_every, cfg.checkpoint_every) == (10, 3e-3 / 10, 0, 0)
+    assert cfg.precision == "bf16" and short_run(5, 2, 1.0, min_lr=0.5).warmup_steps == 1

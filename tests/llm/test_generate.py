@@ -74,3 +74,15 @@ def test_emit_tokens_cuts_exactly_at_eos_or_the_budget():
     assert emit_tokens([3, 9, 4], new, GenerationConfig(max_new_tokens=9, eos_token_id=9), stats)
     assert new == [7, 1, 2, 3, 9] and stats.accepted_per_step == [2, 2]
     assert emit_tokens([5, 6], new, GenerationConfig(max_new_tokens=6), stats) and new[-1] == 5
+
+
+def test_decode_stats_add_sums_counts_and_positions():
+    from papernotes.llm.generate import DecodeStats
+
+    a, b = DecodeStats(tokens=3, target_calls=2, accepted_per_step=[1, 2], wall_s=1.0), DecodeStats(tokens=4)
+    a.record_position(0, True)
+    for position, accepted in [(0, False), (1, True)]:
+        b.record_position(position, accepted)
+    a.add(b)
+    assert (a.tokens, a.drafted, a.accepted) == (7, 3, 2)
+    assert a.proposed_by_position == [2, 1] and a.accepted_by_position == [1, 1]

@@ -29,6 +29,7 @@ checkpoint, and fp16 training keeps fp16 weights with fp32 masters.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -98,6 +99,22 @@ class TrainConfig:
                 f"TrainConfig.batch_size ({self.batch_size}) must be divisible by grad_accum_steps "
                 f"({self.grad_accum_steps})"
             )
+
+
+def short_run(
+    steps: int, batch_size: int, lr: float, min_lr: float | None = None, **overrides
+) -> TrainConfig:
+    """A TrainConfig for a run of ``steps``: linear warmup over 5 % of it, cosine to ``min_lr``
+    (default lr / 10), no evaluation or checkpoints unless ``overrides`` ask for them."""
+    return dataclasses.replace(
+        TrainConfig(),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        min_lr=lr / 10 if min_lr is None else min_lr,
+        warmup_steps=max(1, steps // 20),
+        **{"eval_every": 0, "checkpoint_every": 0, **overrides},
+    )
 
 
 PRESETS: dict[str, TrainConfig] = {

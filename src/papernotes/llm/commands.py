@@ -18,7 +18,7 @@ import torch
 from papernotes.core.checkpoint import atomic_write_file, load_checkpoint
 from papernotes.core.config import apply_overrides, preset
 from papernotes.core.experiments import default_cache_dir
-from papernotes.core.train import TrainConfig, process_rank, train
+from papernotes.core.train import TrainConfig, process_rank, short_run, train
 from papernotes.errors import CheckpointError
 from papernotes.llm import medusa, medusa_train, multi_token
 from papernotes.llm.corpus import LMBatches
@@ -52,14 +52,11 @@ def train_command(args: argparse.Namespace) -> dict[str, Any]:
     model_config = apply_overrides(
         model_config_for(data, preset(PRESETS, args.model, "model preset")), args.model_overrides
     )
-    train_config = replace(
-        TrainConfig(),
-        steps=args.steps,
-        batch_size=args.batch_size,
+    train_config = short_run(
+        args.steps,
+        args.batch_size,
+        args.lr,
         grad_accum_steps=args.grad_accum_steps,
-        lr=args.lr,
-        min_lr=args.lr / 10,
-        warmup_steps=max(1, args.steps // 20),
         precision=args.precision,
         checkpoint_every=args.checkpoint_every,
         eval_every=max(1, args.steps // 10),
@@ -130,18 +127,7 @@ def _head_training(args: argparse.Namespace) -> tuple[Llama, CorpusData, TrainCo
     model_dir = resolve_model_dir(args.model)
     model = Llama.from_pretrained(model_dir, dtype=torch.float32)
     data = encode_corpus(load_tokenizer(model_dir), args.text_dir, args.max_bytes or None)
-    config = replace(
-        TrainConfig(),
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        min_lr=args.lr / 10,
-        warmup_steps=max(1, args.steps // 20),
-        precision=args.precision,
-        eval_every=0,
-        checkpoint_every=0,
-        seed=args.seed,
-    )
+    config = short_run(args.steps, args.batch_size, args.lr, precision=args.precision, seed=args.seed)
     return model, data, config
 
 

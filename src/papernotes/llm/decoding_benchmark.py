@@ -45,14 +45,7 @@ def run_decoder(
     for i, prompt in enumerate(prompts):
         ids, stats = decoder(prompt, replace(config, seed=config.seed + i))
         outputs.append(ids[0].tolist())
-        total.tokens += stats.tokens
-        total.target_calls += stats.target_calls
-        total.accepted_per_step += stats.accepted_per_step
-        total.wall_s += stats.wall_s
-        for position, proposed in enumerate(stats.proposed_by_position):
-            accepted = stats.accepted_by_position[position]
-            for j in range(proposed):
-                total.record_position(position, j < accepted)
+        total.add(stats)
     return {"stats": total.as_dict(), "outputs": outputs}
 
 

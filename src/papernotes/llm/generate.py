@@ -66,6 +66,21 @@ class DecodeStats:
         self.drafted += 1
         self.accepted += int(accepted)
 
+    def add(self, other: DecodeStats) -> None:
+        """Accumulate another run's counts (totals over several prompts)."""
+        self.tokens += other.tokens
+        self.target_calls += other.target_calls
+        self.accepted_per_step += other.accepted_per_step
+        self.wall_s += other.wall_s
+        self.drafted += other.drafted
+        self.accepted += other.accepted
+        for position, proposed in enumerate(other.proposed_by_position):
+            if position == len(self.proposed_by_position):
+                self.proposed_by_position.append(0)
+                self.accepted_by_position.append(0)
+            self.proposed_by_position[position] += proposed
+            self.accepted_by_position[position] += other.accepted_by_position[position]
+
     def as_dict(self) -> dict[str, float | int | list[int]]:
         """JSON-ready summary, derived rates included."""
         return {

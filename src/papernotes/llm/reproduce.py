@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from matplotlib.figure import Figure  # the OO API: no pyplot state, no GUI back
 
 from papernotes.core.config import preset, to_dict
 from papernotes.core.experiments import Experiment, ExperimentContext, ExperimentResult, Table
-from papernotes.core.train import TrainConfig
+from papernotes.core.train import TrainConfig, short_run
 from papernotes.llm.commands import TARGET_MODEL_DIR
 from papernotes.llm.llama_config import PRESETS
 from papernotes.llm.pretrain import model_config_for, prepare_corpus, pretrain, save_model_dir
@@ -63,21 +62,16 @@ ATTENTION_SIZES: dict[str, dict[str, Any]] = {
 
 def _train_config(size: dict[str, Any], precision: str, seed: int) -> TrainConfig:
     steps = size["steps"]
-    return replace(
-        TrainConfig(),
-        steps=steps,
-        batch_size=size["batch_size"],
+    return short_run(
+        steps,
+        size["batch_size"],
         lr=3e-3,
         min_lr=3e-4,
-        warmup_steps=max(1, steps // 20),
         precision=precision,
         stop_after=size["compare_at"] if precision == "fp16" else None,
         eval_every=size["compare_at"],
         eval_batches=4,
-        checkpoint_every=0,
-        out_dir=None,
         seed=seed,
-        progress=True,
     )
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from matplotlib.figure import Figure
 
 from papernotes.core.config import preset, to_dict
 from papernotes.core.experiments import ExperimentContext, ExperimentResult, Table
-from papernotes.core.train import TrainConfig, train
+from papernotes.core.train import TrainConfig, short_run, train
 from papernotes.llm import medusa, medusa_train, multi_token
 from papernotes.llm.corpus import LMBatches
 from papernotes.llm.decoding_benchmark import Decoder, benchmark_decoders, validation_prompts
@@ -64,19 +63,7 @@ DECODING_SIZES: dict[str, dict[str, Any]] = {
 
 def _train_config(steps: int, batch_size: int, seed: int) -> TrainConfig:
     # bf16 autocast: the fastest mode on AVX-512 BF16 CPUs, fp32 master weights (see llm-pretrain)
-    return replace(
-        TrainConfig(),
-        steps=steps,
-        batch_size=batch_size,
-        lr=3e-3,
-        min_lr=3e-4,
-        warmup_steps=max(1, steps // 20),
-        precision="bf16",
-        eval_every=0,
-        checkpoint_every=0,
-        out_dir=None,
-        seed=seed,
-    )
+    return short_run(steps, batch_size, lr=3e-3, min_lr=3e-4, precision="bf16", seed=seed)
 
 
 def _key(recipe: dict[str, Any]) -> str:
