@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from papernotes.errors import DataError
+from papernotes.errors import CheckpointError, DataError
 from papernotes.llm import hf_io
 from papernotes.llm.llama_config import LlamaConfig
 from papernotes.nn.attention import attend, causal_mask, check_backend
@@ -174,6 +174,9 @@ class Llama(nn.Module):
         self.attention = attention
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # adapter hook: a module whose call returns a PrefixKV (batch dim 1 or B); forward uses it when
+        # no prefix_kv is passed, so generate() and every decoder see the prefix (prefix_tuning.py)
+        self.prefix_encoder: nn.Module | None = None
         self.apply(self._init_weights)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight  # one tensor, two names (as in HF)
@@ -239,6 +242,7 @@ class Llama(nn.Module):
         - ``prefix_kv``: one (k, v) per layer, each (B or 1, Hkv, P, D): stored keys
           (no RoPE is applied to them), always visible. As with HF + peft prefix tuning,
           the prefix occupies positions 0..P-1, so default positions start at P + C.
+          Without it, ``self.prefix_encoder()`` supplies the prefix when set.
         - ``position_ids``: (B, T) or (T,); default P + C + arange(T). Explicit ones are
           used as given (Medusa: position = depth in the tree).
         - ``attention_mask``: None -> causal (bottom-right aligned over the S keys).
@@ -251,6 +255,8 @@ class Llama(nn.Module):
         if input_ids.dim() != 2:
             raise DataError(f"input_ids must have shape (batch, tokens), got {tuple(input_ids.shape)}")
         B, T = input_ids.shape
+        if prefix_kv is None and self.prefix_encoder is not None:
+            prefix_kv = self.prefix_encoder()
         P = self._check_prefix(prefix_kv, B)
         C = cache.length if cache is not None else 0
         if cache is not None:
@@ -408,6 +414,14 @@ class Llama(nn.Module):
         ``path`` and renamed into place, replacing an old one only when complete.
         """
         state = self.state_dict()
+        with torch.device("meta"):
+            architecture = set(type(self)(self.config).state_dict())
+        if extra := sorted(set(state) - architecture):
+            raise CheckpointError(
+                f"save_pretrained: the model holds parameters outside the Llama architecture "
+                f"({extra[0]}, ... {len(extra)} in all); merge LoRA with lora.merge_and_unload or "
+                "detach the prefix first, or save the adapter with its own save function"
+            )
         if self.config.tie_word_embeddings:
             state.pop("lm_head.weight")  # HF convention: the tie is restored from the config
         config_dict = self.config.to_hf_dict()
