@@ -250,3 +250,16 @@ def test_short_run_sets_warmup_and_cosine_floor_and_keeps_overrides():
     cfg = short_run(200, 8, lr=3e-3, precision="bf16")
     assert (cfg.warmup_steps, cfg.min_lr, cfg.eval_every, cfg.checkpoint_every) == (10, 3e-3 / 10, 0, 0)
     assert cfg.precision == "bf16" and short_run(5, 2, 1.0, min_lr=0.5).warmup_steps == 1
+
+
+def test_optimizer_state_covers_only_trainable_parameters():
+    cfg = config(steps=2, eval_every=0, checkpoint_every=0)
+    model = make_model(tied=False)
+    full = train(model, lm_loss, batches_for(cfg), cfg).optimizer_state_bytes
+    model.requires_grad_(False)
+    model.mix.requires_grad_(True)  # 16·16 + 16 trainable scalars: AdamW keeps m and v in fp32
+    frozen = train(model, lm_loss, batches_for(cfg), cfg).optimizer_state_bytes
+    step_counters = 2 * 4  # AdamW's per-parameter "step" scalars (fp32 tensors), one per trainable tensor
+    assert frozen == 2 * 4 * (16 * 16 + 16) + step_counters
+    n_all = sum(p.numel() for p in model.parameters())
+    assert full == 2 * 4 * n_all + 4 * len(list(model.parameters()))

@@ -86,3 +86,21 @@ def test_decode_stats_add_sums_counts_and_positions():
     a.add(b)
     assert (a.tokens, a.drafted, a.accepted) == (7, 3, 2)
     assert a.proposed_by_position == [2, 1] and a.accepted_by_position == [1, 1]
+
+
+@pytest.mark.parametrize("with_prefix", [False, True], ids=["plain", "prefix"])
+def test_batched_generation_equals_one_prompt_at_a_time(with_prefix):
+    from papernotes.llm.generate import generate_batch
+    from papernotes.llm.prefix_tuning import PrefixTuningConfig, apply_prefix_tuning
+
+    torch.manual_seed(0)
+    model = Llama(preset(PRESETS, "tiny")).eval()
+    if with_prefix:  # the prefix shifts positions by P: left padding must not disturb that
+        apply_prefix_tuning(model, PrefixTuningConfig(num_virtual_tokens=3, encoder_hidden_size=8))
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, 256, (n,), generator=gen).tolist() for n in (7, 2, 11)]
+    config = GenerationConfig(max_new_tokens=10, eos_token_id=int(prompts[0][3]))
+    batched = generate_batch(model, prompts, config)
+    for prompt, row in zip(prompts, batched):
+        alone, _ = generate(model, torch.tensor([prompt]), config)
+        assert row == alone[0].tolist()

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from papernotes.cli import main
-from papernotes.llm import reproduce, reproduce_decoding
+from papernotes.llm import reproduce, reproduce_decoding, reproduce_peft
 from papernotes.llm.llama import Llama
 
 
@@ -37,6 +37,24 @@ def tiny_sizes(monkeypatch):
             "num_prompts": 2,
             "prompt_len": 8,
             "max_new_tokens": 8,
+        },
+    )
+    monkeypatch.setitem(
+        reproduce_peft.PEFT_SIZES,
+        "quick",
+        {
+            "domain_steps": 2,
+            "steps": 2,
+            "batch_size": 2,
+            "train_size": 24,
+            "max_slots": 3,
+            "test_size": 3,
+            "max_new_tokens": 6,
+            "lora_ranks": [2, 4],
+            "prefix_lengths": [2],
+            "latency_prompts": 1,
+            "latency_new_tokens": 3,
+            "latency_repeats": 1,
         },
     )
     monkeypatch.setitem(
@@ -72,6 +90,13 @@ def test_reproduce_llm_writes_report_figures_and_a_cached_hf_model(tiny_sizes, t
     assert {"plain", "speculative", "lookup", "medusa", "mtp"} <= set(greedy)
     assert all(r["matches_plain"] for r in greedy.values())  # every method is lossless, HF's included
     assert (run / "llm-decoding" / "decoding_speedup.png").is_file()
+    peft = results["experiments"]["llm-peft"]
+    assert peft["status"] == "ok", peft.get("traceback")
+    runs = {r["run"]: r for r in peft["metrics"]["runs"]}
+    assert list(runs) == ["full", "lora r=2", "lora r=4", "prefix L=2"]
+    assert runs["lora r=2"]["trainable_parameters"] * 2 == runs["lora r=4"]["trainable_parameters"]
+    assert runs["prefix L=2"]["stored_parameters"] < runs["prefix L=2"]["trainable_parameters"]  # MLP dropped
+    assert (run / "llm-peft" / "peft_comparison.png").is_file()
     assert "llm-pretrain" in (run / "index.html").read_text()
     assert "pre-training by precision mode" in capsys.readouterr().out
     model = Llama.from_pretrained(cache / "llm" / "target")  # cached for the decoding and PEFT issues

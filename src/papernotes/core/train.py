@@ -148,6 +148,7 @@ class TrainResult:
     final_scale: float | None = None  # fp16 loss scale at the end; None in other modes
     checkpoint_dir: str | None = None  # where the last checkpoint was written, if any
     start_step: int = 0  # first step run by this call (> 0 after a resume)
+    optimizer_state_bytes: int = 0  # bytes held in the optimizer's state tensors at the end (AdamW: m and v)
 
 
 @dataclass
@@ -377,6 +378,12 @@ def _run(
     result.wall_s = time.perf_counter() - t0
     result.tokens_per_s = result.tokens / result.wall_s if result.wall_s > 0 else 0.0
     result.final_scale = mp.scaler.scale if mp.mode == "fp16" else None
+    result.optimizer_state_bytes = sum(
+        t.numel() * t.element_size()
+        for state in optimizer.state.values()
+        for t in state.values()
+        if isinstance(t, torch.Tensor)
+    )
     return result
 
 

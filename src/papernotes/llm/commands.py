@@ -107,6 +107,8 @@ def generate_command(args: argparse.Namespace) -> tuple[str, DecodeStats]:
     model_dir = resolve_model_dir(args.model)
     tokenizer = load_tokenizer(model_dir)
     model = Llama.from_pretrained(model_dir, attention=args.attention).eval()
+    if args.adapter is not None:
+        load_adapter_dir(model, args.adapter)
     input_ids = torch.tensor([tokenizer.encode(args.prompt).ids])  # (1, T)
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
@@ -202,3 +204,70 @@ def load_training_weights(model: Llama, checkpoint_dir: Path) -> None:
             f"checkpoint {checkpoint_dir} does not fit the model config: "
             f"missing {missing}, unexpected {unexpected}"
         )
+
+
+def finetune_command(args: argparse.Namespace) -> dict[str, Any]:
+    """``papernotes llm finetune``: full / LoRA / prefix fine-tuning on a task, then test metrics."""
+    from papernotes.llm import finetune, lora, prefix_tuning
+    from papernotes.llm.tasks import table2text
+
+    model_dir = resolve_model_dir(args.model)
+    tokenizer = load_tokenizer(model_dir)
+    model = Llama.from_pretrained(model_dir, dtype=torch.float32)
+    targets = args.target_modules
+    config = finetune.FinetuneConfig(
+        method=args.method,
+        lora=lora.LoraConfig(
+            r=args.r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=targets[0] if targets == [lora.ALL_LINEAR] else tuple(targets),
+        ),
+        prefix=prefix_tuning.PrefixTuningConfig(
+            num_virtual_tokens=args.num_virtual_tokens,
+            prefix_projection=not args.no_prefix_projection,
+            encoder_hidden_size=args.encoder_hidden_size,
+        ),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        precision=args.precision,
+        seed=args.seed,
+    )
+    task = table2text.make_table2text(
+        replace(table2text.Table2TextConfig(), test_size=args.eval_size, seed=args.seed)
+    )
+    result = finetune.finetune(model, tokenizer, task["train"], config)
+    result.metrics, rows = finetune.evaluate(model, tokenizer, task["test"], config.max_new_tokens)
+    result.samples = rows[:5]
+    out = Path(args.out)
+    saved = finetune.save_result_model(
+        model,
+        tokenizer,
+        config,
+        out / {"full": "model", "lora": "adapter", "prefix": "prefix"}[args.method],
+        base=str(model_dir),
+    )
+    info = {**result.as_dict(), "saved": str(saved), "base": str(model_dir)}
+    with atomic_write_file(out / "result.json") as tmp:
+        tmp.write_text(json.dumps(info, indent=2))
+    return info
+
+
+def load_adapter_dir(model: Llama, directory: Path) -> str:
+    """Attach the LoRA adapter or prefix stored in a peft directory; returns its peft_type."""
+    from papernotes.llm import lora, prefix_tuning
+
+    path = Path(directory) / lora.CONFIG_FILE
+    try:
+        peft_type = json.loads(path.read_text()).get("peft_type")
+    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        raise CheckpointError(f"--adapter {directory}: cannot read {path}: {exc}") from exc
+    if peft_type == "LORA":
+        lora.load_adapter(model, directory)
+        lora.merge_lora(model)  # decode at the base model's cost
+    elif peft_type == "PREFIX_TUNING":
+        prefix_tuning.load_prefix(model, directory)
+    else:
+        raise CheckpointError(f"--adapter {directory}: peft_type {peft_type!r} is not LORA or PREFIX_TUNING")
+    return peft_type

@@ -6,6 +6,7 @@
   and PEFT experiments, and reused by later runs unless ``--no-cache``.
 - ``llm-attention``: time and measured peak extra memory of naive attention, our
   FlashAttention and PyTorch SDPA against sequence length.
+- ``llm-decoding`` (``reproduce_decoding.py``) and ``llm-peft`` (``reproduce_peft.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from papernotes.llm.commands import TARGET_MODEL_DIR
 from papernotes.llm.llama_config import PRESETS
 from papernotes.llm.pretrain import model_config_for, prepare_corpus, pretrain, save_model_dir
 from papernotes.llm.reproduce_decoding import run_decoding
+from papernotes.llm.reproduce_peft import run_peft
 from papernotes.nn.attention_profile import profile_attention
 
 logger = logging.getLogger(__name__)
@@ -289,5 +291,11 @@ EXPERIMENTS = [
         "llm",
         "speculative, prompt lookup, Medusa and MTP decoding vs plain decoding (and HF generate)",
         run_decoding,
+    ),
+    Experiment(
+        "llm-peft",
+        "llm",
+        "full fine-tuning vs LoRA (r = 4, 8, 16) vs Prefix-Tuning (L = 5, 10, 20) on table-to-text",
+        run_peft,
     ),
 ]

@@ -1,0 +1,1 @@
+"""Downstream tasks generated procedurally (no downloads)."""

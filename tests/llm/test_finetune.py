@@ -1,0 +1,137 @@
+"""Fine-tuning recipe: target-only labels, the loss, what each method trains, evaluation, and the CLI."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from papernotes.cli import main
+from papernotes.core.config import preset
+from papernotes.errors import ConfigError
+from papernotes.llm import finetune, lora, prefix_tuning
+from papernotes.llm.llama import Llama
+from papernotes.llm.llama_config import PRESETS
+from papernotes.llm.pretrain import save_model_dir
+from papernotes.llm.tasks import table2text
+from papernotes.llm.tokenizer import BOS, EOS, train_tokenizer
+
+TASK = table2text.make_table2text(preset(table2text.PRESETS, "tiny"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer((r for e in TASK["train"] for r in (e.source, *e.references)), vocab_size=320)
+
+
+def tiny_model(tokenizer, seed: int = 0) -> Llama:
+    torch.manual_seed(seed)
+    config = dataclasses.replace(
+        preset(PRESETS, "tiny"),
+        vocab_size=tokenizer.get_vocab_size(),
+        bos_token_id=tokenizer.token_to_id(BOS),
+        eos_token_id=tokenizer.token_to_id(EOS),
+        max_position_embeddings=512,
+    )
+    return Llama(config)
+
+
+def test_labels_cover_only_the_target_and_predict_the_next_token(tokenizer):
+    a = finetune.encode(tokenizer, "name[A]", "A is here.")
+    b = finetune.encode(tokenizer, "name[Bee], food[French]", "Bee serves French food.")
+    batch = finetune.pad_batch([a, b], pad_token_id=7)
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, max(len(a.ids), len(b.ids)) - 1)
+    for row, e in enumerate((a, b)):
+        labels = batch["labels"][row]
+        kept = labels != finetune.IGNORE
+        assert kept.sum() == len(e.ids) - e.prompt_length  # target tokens and EOS, nothing else
+        assert labels[kept].tolist() == e.ids[e.prompt_length :]
+        assert labels[kept][-1] == tokenizer.token_to_id(EOS)
+    assert tokenizer.decode(a.ids[1 : a.prompt_length]).strip().endswith("=>")
+
+
+def test_target_loss_equals_cross_entropy_over_target_positions(tokenizer):
+    model = tiny_model(tokenizer)
+    examples = [finetune.encode(tokenizer, e.source, e.target) for e in TASK["train"][:3]]
+    batch = finetune.pad_batch(examples, pad_token_id=0)
+    loss, count = finetune.target_loss(model, batch)
+    logits = model(batch["input_ids"])
+    manual = [
+        F.cross_entropy(logits[r, t], batch["labels"][r, t])
+        for r in range(3)
+        for t in range(batch["labels"].shape[1])
+        if batch["labels"][r, t] != finetune.IGNORE
+    ]
+    assert count == len(manual)
+    torch.testing.assert_close(loss, torch.stack(manual).mean())
+
+
+def test_task_batches_repeat_exactly_for_a_step(tokenizer):
+    encoded = [finetune.encode(tokenizer, e.source, e.target) for e in TASK["train"]]
+    batches = finetune.TaskBatches(encoded, 4, pad_token_id=0, seed=3)
+    assert torch.equal(batches(5, 0)["input_ids"], batches(5, 0)["input_ids"])
+    assert not torch.equal(batches(5, 0)["labels"], batches(6, 0)["labels"])
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "prefix"])
+def test_each_method_trains_only_its_parameters_and_lowers_the_loss(tokenizer, method):
+    model = tiny_model(tokenizer)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
+    config = finetune.FinetuneConfig(
+        method=method,
+        lora=preset(lora.PRESETS, "tiny"),
+        prefix=preset(prefix_tuning.PRESETS, "tiny"),
+        steps=30,
+        batch_size=8,
+        precision="fp32",
+    )
+    result = finetune.finetune(model, tokenizer, TASK["train"], config, progress=False)
+    assert sum(result.train_losses[-5:]) < sum(result.train_losses[:5])
+    changed = {n for n, p in model.named_parameters() if n in frozen and not torch.equal(p, frozen[n])}
+    if method == "full":
+        assert result.trainable_parameters == result.base_parameters and changed == set(frozen)
+    else:  # the base is untouched; the adapter's parameters are all that the optimizer held
+        assert not changed and 0 < result.trainable_parameters < result.base_parameters
+    # AdamW keeps two fp32 moments per trained scalar (+ a step counter per tensor)
+    assert (
+        8 * result.trainable_parameters
+        <= result.optimizer_state_bytes
+        < 8 * result.trainable_parameters + 4096
+    )
+    metrics, rows = finetune.evaluate(model, tokenizer, TASK["test"][:4], max_new_tokens=8)
+    assert 0 <= metrics["bleu"] <= 100 and metrics["ser"] >= 0 and len(rows) == 4
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ConfigError, match="method must be one of"):
+        finetune.FinetuneConfig(method="adapter")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    directory = tmp_path_factory.mktemp("base") / "model"
+    return save_model_dir(tiny_model(tokenizer), tokenizer, directory)
+
+
+@pytest.mark.parametrize("method, saved", [("lora", "adapter"), ("prefix", "prefix"), ("full", "model")])
+def test_finetune_command_writes_the_result_and_generate_uses_it(model_dir, tmp_path, capsys, method, saved):
+    out = tmp_path / "run"
+    argv = ["llm", "finetune", "--method", method, "--model", str(model_dir), "--out", str(out)]
+    small = ["--steps", "2", "--batch-size", "2", "--eval-size", "3", "--r", "2", "--num-virtual-tokens", "3"]
+    assert main([*argv, *small, "--encoder-hidden-size", "16"]) == 0
+    info = json.loads((out / "result.json").read_text())
+    assert info["method"] == method and len(info["train_losses"]) == 2
+    assert set(info["metrics"]) >= {"bleu", "ser"}
+    assert "test BLEU" in capsys.readouterr().out
+    if method == "full":
+        generate = ["llm", "generate", "--model", str(out / saved)]
+    else:
+        generate = ["llm", "generate", "--model", str(model_dir), "--adapter", str(out / saved)]
+    assert main([*generate, "--prompt", "name[A] =>", "--max-new-tokens", "4"]) == 0
+
+
+def test_generate_with_a_non_adapter_directory_fails_cleanly(model_dir, tmp_path, capsys):
+    argv = ["llm", "generate", "--model", str(model_dir), "--adapter", str(tmp_path), "--max-new-tokens", "2"]
+    assert main(argv) == 2
+    assert "adapter_config.json" in capsys.readouterr().err
