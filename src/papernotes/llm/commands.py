@@ -20,7 +20,7 @@ from papernotes.core.config import apply_overrides, preset
 from papernotes.core.experiments import default_cache_dir
 from papernotes.core.train import TrainConfig, process_rank, short_run, train
 from papernotes.errors import CheckpointError
-from papernotes.llm import medusa, medusa_train, multi_token
+from papernotes.llm import hf_io, medusa, medusa_train, multi_token
 from papernotes.llm.corpus import LMBatches
 from papernotes.llm.decoders import build_decoder
 from papernotes.llm.decoding_benchmark import validation_prompts
@@ -258,11 +258,7 @@ def load_adapter_dir(model: Llama, directory: Path) -> str:
     """Attach the LoRA adapter or prefix stored in a peft directory; returns its peft_type."""
     from papernotes.llm import lora, prefix_tuning
 
-    path = Path(directory) / lora.CONFIG_FILE
-    try:
-        peft_type = json.loads(path.read_text()).get("peft_type")
-    except (OSError, json.JSONDecodeError, AttributeError) as exc:
-        raise CheckpointError(f"--adapter {directory}: cannot read {path}: {exc}") from exc
+    peft_type = hf_io.read_peft_config(directory)[0].get("peft_type")
     if peft_type == "LORA":
         lora.load_adapter(model, directory)
         lora.merge_lora(model)  # decode at the base model's cost

@@ -51,6 +51,25 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], str]:
     return data, str(config_path)
 
 
+PEFT_CONFIG_NAME = "adapter_config.json"  # peft's adapter directories
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def read_peft_config(directory: str | Path, peft_type: str | None = None) -> tuple[dict[str, Any], Path]:
+    """(contents of a peft ``adapter_config.json``, its path); CheckpointError unless it is readable
+    and, when ``peft_type`` is given, of that type."""
+    path = Path(directory) / PEFT_CONFIG_NAME
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read adapter config {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(raw).__name__}")
+    if peft_type is not None and raw.get("peft_type") != peft_type:
+        raise CheckpointError(f"{path}: peft_type is {raw.get('peft_type')!r}, expected {peft_type!r}")
+    return raw, path
+
+
 def weight_files(path: Path) -> list[Path]:
     """The safetensors files of a directory: the single file, or every shard the index names."""
     single, index = path / WEIGHTS_NAME, path / INDEX_NAME

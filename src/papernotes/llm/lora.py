@@ -28,7 +28,6 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,11 +35,12 @@ from torch import nn
 
 from papernotes.core.checkpoint import atomic_write_dir, check_state_dict, load_weights, save_weights
 from papernotes.errors import CheckpointError, ConfigError
+from papernotes.llm import hf_io
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "adapter_config.json"  # peft's names
-WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = hf_io.PEFT_CONFIG_NAME
+WEIGHTS_FILE = hf_io.PEFT_WEIGHTS_NAME
 KEY_PREFIX = "base_model.model."  # peft prefixes module paths with its wrappers' attribute names
 ALL_LINEAR = "all-linear"
 INITS = ("kaiming", "gaussian")
@@ -280,13 +280,7 @@ _UNSUPPORTED = {
 
 def read_adapter_config(directory: str | Path) -> LoraConfig:
     """The LoraConfig stored in a peft adapter directory; CheckpointError if it is not a usable LoRA."""
-    path = Path(directory) / CONFIG_FILE
-    try:
-        raw: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read LoRA adapter config {path}: {exc}") from exc
-    if raw.get("peft_type") != "LORA":
-        raise CheckpointError(f"{path}: peft_type is {raw.get('peft_type')!r}, expected 'LORA'")
+    raw, path = hf_io.read_peft_config(directory, "LORA")
     for key, allowed in _UNSUPPORTED.items():
         if key in raw and raw[key] not in allowed:
             raise CheckpointError(f"{path}: {key}={raw[key]!r} is not supported (expected {allowed[0]!r})")

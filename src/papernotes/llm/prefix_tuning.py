@@ -31,20 +31,20 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from papernotes.core.checkpoint import atomic_write_dir, check_state_dict, load_weights, save_weights
 from papernotes.errors import CheckpointError, ConfigError
+from papernotes.llm import hf_io
 from papernotes.llm.llama import Llama, PrefixKV
 from papernotes.llm.llama_config import LlamaConfig
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "adapter_config.json"  # peft's names
-WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = hf_io.PEFT_CONFIG_NAME
+WEIGHTS_FILE = hf_io.PEFT_WEIGHTS_NAME
 TABLE_KEY = "prompt_embeddings"
 
 
@@ -189,13 +189,7 @@ def load_prefix(model: Llama, directory: str | Path) -> PrefixEncoder:
     weights, and ShapeMismatchError naming the tensor and both shapes.
     """
     directory = Path(directory)
-    path = directory / CONFIG_FILE
-    try:
-        raw: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read prefix-tuning config {path}: {exc}") from exc
-    if raw.get("peft_type") != "PREFIX_TUNING":
-        raise CheckpointError(f"{path}: peft_type is {raw.get('peft_type')!r}, expected 'PREFIX_TUNING'")
+    raw, path = hf_io.read_peft_config(directory, "PREFIX_TUNING")
     cfg = model.config
     wanted = {
         "num_layers": cfg.num_hidden_layers,

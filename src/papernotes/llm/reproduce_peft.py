@@ -282,30 +282,8 @@ def _goals(rows: list[dict[str, Any]], latency: dict[str, dict[str, float]]) -> 
             "no run has learned to realise its input record; the BLEU ratios below compare fluency, "
             "not the task. Run --size full for the comparison the goals are about"
         )
-    best_lora = max(
-        (r for r in rows if r["method"] == "lora" and r["trainable_percent"] <= 1.0),
-        key=lambda r: r["bleu_vs_full"],
-        default=None,
-    )
-    if best_lora:
-        ok = best_lora["bleu_vs_full"] >= 0.95
-        notes.append(
-            f"goal LoRA ≤ 1 % trainable reaches ≥ 95 % of full BLEU: {best_lora['run']} "
-            f"({best_lora['trainable_percent']:.2f} %) reaches {100 * best_lora['bleu_vs_full']:.0f} % "
-            f"({'met' if ok else 'missed'})"
-        )
-    best_prefix = max(
-        (r for r in rows if r["method"] == "prefix" and r["stored_percent"] <= 0.5),
-        key=lambda r: r["bleu_vs_full"],
-        default=None,
-    )
-    if best_prefix:
-        ok = best_prefix["bleu_vs_full"] >= 0.90
-        notes.append(
-            f"goal Prefix-Tuning ≤ 0.5 % (stored) reaches ≥ 90 % of full BLEU: {best_prefix['run']} "
-            f"({best_prefix['stored_percent']:.2f} %) reaches {100 * best_prefix['bleu_vs_full']:.0f} % "
-            f"({'met' if ok else 'missed'})"
-        )
+    notes.append(_goal(rows, "lora", "trainable_percent", 1.0, 0.95, "LoRA ≤ 1 % trainable"))
+    notes.append(_goal(rows, "prefix", "stored_percent", 0.5, 0.90, "Prefix-Tuning ≤ 0.5 % (stored)"))
     if latency:
         unmerged, merged = (v["ratio_to_base"] for k, v in latency.items() if k != "base")
         notes.append(
@@ -313,6 +291,20 @@ def _goals(rows: list[dict[str, Any]], latency: dict[str, dict[str, float]]) -> 
             f"({'met' if merged <= 1.02 else 'missed'}); unmerged: {unmerged:.3f}"
         )
     return notes
+
+
+def _goal(
+    rows: list[dict[str, Any]], method: str, percent: str, limit: float, share: float, what: str
+) -> str:
+    """'goal <what> reaches ≥ share of full BLEU: <best such run> reaches x % (met|missed)'."""
+    goal = f"goal {what} reaches ≥ {100 * share:.0f} % of full BLEU"
+    candidates = [r for r in rows if r["method"] == method and r[percent] <= limit]
+    if not candidates:
+        return f"{goal}: no run within {limit} %"
+    best = max(candidates, key=lambda r: r["bleu_vs_full"])
+    verdict = "met" if best["bleu_vs_full"] >= share else "missed"
+    reached = f"{best['run']} ({best[percent]:.2f} %) reaches {100 * best['bleu_vs_full']:.0f} %"
+    return f"{goal}: {reached} ({verdict})"
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> Path:
