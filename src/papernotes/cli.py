@@ -228,7 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     ft.add_argument("--method", choices=["full", "lora", "prefix"], default="lora", help="what trains")
-    ft.add_argument("--model", type=Path, default=None, help="base model dir [the reproduce target]")
+    ft.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="base model dir [llm-peft's domain-adapted base if cached, else the reproduce target]",
+    )
     ft.add_argument("--task", choices=["table2text"], default="table2text", help="downstream task")
     ft.add_argument("--out", type=Path, required=True, help="output folder")
     ft.add_argument("--r", type=int, default=8, help="LoRA rank")

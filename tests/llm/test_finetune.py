@@ -135,3 +135,17 @@ def test_generate_with_a_non_adapter_directory_fails_cleanly(model_dir, tmp_path
     argv = ["llm", "generate", "--model", str(model_dir), "--adapter", str(tmp_path), "--max-new-tokens", "2"]
     assert main(argv) == 2
     assert "adapter_config.json" in capsys.readouterr().err
+
+
+def test_finetune_defaults_to_the_domain_adapted_base_when_reproduce_cached_one(tmp_path, monkeypatch):
+    from papernotes.errors import CheckpointError
+    from papernotes.llm.commands import PEFT_BASE_DIR, TARGET_MODEL_DIR, resolve_model_dir
+
+    monkeypatch.setenv("PAPERNOTES_CACHE", str(tmp_path))
+    with pytest.raises(CheckpointError, match="run 'papernotes reproduce' first"):
+        resolve_model_dir(None, prefer=PEFT_BASE_DIR)
+    for parts in (TARGET_MODEL_DIR, PEFT_BASE_DIR):
+        tmp_path.joinpath(*parts).mkdir(parents=True)
+        tmp_path.joinpath(*parts, "config.json").write_text("{}")
+    assert resolve_model_dir(None, prefer=PEFT_BASE_DIR) == tmp_path.joinpath(*PEFT_BASE_DIR)
+    assert resolve_model_dir(None) == tmp_path.joinpath(*TARGET_MODEL_DIR)

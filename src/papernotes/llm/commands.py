@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TARGET_MODEL_DIR = ("llm", "target")  # where `reproduce` caches the pre-trained target, under the cache dir
+PEFT_BASE_DIR = ("llm", "peft_base")  # the target after LM training on the task's sentences (llm-peft)
 
 
 def train_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -89,10 +90,12 @@ def train_command(args: argparse.Namespace) -> dict[str, Any]:
     return info
 
 
-def resolve_model_dir(path: Path | None) -> Path:
-    """``path``, or the target model cached by ``papernotes reproduce``."""
+def resolve_model_dir(path: Path | None, prefer: tuple[str, ...] | None = None) -> Path:
+    """``path``, or a model cached by ``papernotes reproduce``: ``prefer`` if cached, else the target."""
     if path is not None:
         return Path(path)
+    if prefer is not None and (default_cache_dir().joinpath(*prefer) / "config.json").is_file():
+        return default_cache_dir().joinpath(*prefer)
     cached = default_cache_dir().joinpath(*TARGET_MODEL_DIR)
     if not (cached / "config.json").is_file():
         raise CheckpointError(
@@ -211,7 +214,7 @@ def finetune_command(args: argparse.Namespace) -> dict[str, Any]:
     from papernotes.llm import finetune, lora, prefix_tuning
     from papernotes.llm.tasks import table2text
 
-    model_dir = resolve_model_dir(args.model)
+    model_dir = resolve_model_dir(args.model, prefer=PEFT_BASE_DIR)
     tokenizer = load_tokenizer(model_dir)
     model = Llama.from_pretrained(model_dir, dtype=torch.float32)
     targets = args.target_modules

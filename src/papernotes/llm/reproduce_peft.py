@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from papernotes.core.experiments import ExperimentContext, ExperimentResult, Table
 from papernotes.errors import DataError
 from papernotes.llm import finetune, lora, prefix_tuning
+from papernotes.llm.commands import PEFT_BASE_DIR
 from papernotes.llm.generate import GenerationConfig, generate
 from papernotes.llm.llama import Llama
 from papernotes.llm.pretrain import save_model_dir
@@ -214,7 +215,7 @@ def _domain_base(
     Cached under the cache folder, keyed by the target and the recipe. Only training-split
     sentences are used, without their records, so the base learns the language, not the task.
     """
-    directory = ctx.cache_dir / "llm" / "peft_base"
+    directory = ctx.cache_dir.joinpath(*PEFT_BASE_DIR)
     recipe = {"target": ctx.shared.get("target_key"), "steps": size["domain_steps"], "seed": ctx.seed}
     recipe.update(train_size=size["train_size"], max_slots=size["max_slots"])
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
