@@ -241,7 +241,9 @@ def finetune_command(args: argparse.Namespace) -> dict[str, Any]:
         replace(table2text.Table2TextConfig(), test_size=args.eval_size, seed=args.seed)
     )
     result = finetune.finetune(model, tokenizer, task["train"], config)
-    result.metrics, rows = finetune.evaluate(model, tokenizer, task["test"], config.max_new_tokens)
+    result.metrics, rows = finetune.evaluate(
+        model, tokenizer, task["test"], config.max_new_tokens, config.eval_batch_size
+    )
     result.samples = rows[:5]
     out = Path(args.out)
     saved = finetune.save_result_model(
