@@ -10,8 +10,8 @@ a prefix of L virtual tokens. Decoding is plain greedy ``generate``, batch 1, wi
 models interleaved so that drift on a noisy machine affects them alike. The optimizer state is
 measured by running one AdamW step of ``core.train`` for each method. Prints ONE JSON object.
 
-    python benchmarks/peft.py                      # pn-small, r = 8, L = 10
-    python benchmarks/peft.py --model pn-base --repeats 5
+    python benchmarks/peft_cost.py                      # pn-small, r = 8, L = 10
+    python benchmarks/peft_cost.py --model pn-base --repeats 5
 """
 
 from __future__ import annotations
