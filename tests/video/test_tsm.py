@@ -44,6 +44,7 @@ def test_shift_adds_no_parameters_and_changes_the_output():
     shifted.load_state_dict(plain.state_dict())
     assert apply_temporal_shift(shifted, num_segments=4) == 8
     assert sum(p.numel() for p in shifted.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert list(shifted.state_dict()) == list(plain.state_dict())  # ImageNet ResNet weights load as they are
     x = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         assert not torch.allclose(shifted(x), plain(x))

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from papernotes.errors import ConfigError, DataError
+from papernotes.video.tsn import TSN
 
 
 def temporal_shift(
@@ -50,18 +51,32 @@ def temporal_shift(
     return out.view(nt, c, h, w)
 
 
-class TemporalShift(nn.Module):
-    """Shift, then the wrapped layer (a residual block's conv1). Adds no parameters.
+class TemporalShift(nn.Conv2d):
+    """A residual block's conv1 that shifts its input first. Adds no parameters.
+
+    It takes over the wrapped convolution's own Parameters, so state-dict names stay
+    ``layer1.0.conv1.weight`` and ImageNet ResNet weights load unchanged.
 
     With ``streaming`` on (online models only), each call holds ONE frame per clip (T = 1):
     the first fold channels come from the cached previous frame (zeros after :meth:`reset`).
     """
 
-    def __init__(self, layer: nn.Module, num_segments: int, fold_div: int = 8, online: bool = False) -> None:
-        super().__init__()
+    def __init__(self, conv: nn.Conv2d, num_segments: int, fold_div: int = 8, online: bool = False) -> None:
         if fold_div < 2:
             raise ConfigError(f"fold_div must be >= 2 (fold = C / fold_div channels move), got {fold_div}")
-        self.layer = layer
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device="meta",  # no allocation: the wrapped convolution's tensors are taken over below
+        )
+        self.weight, self.bias = conv.weight, conv.bias
         self.num_segments = num_segments
         self.fold_div = fold_div
         self.online = online
@@ -73,12 +88,12 @@ class TemporalShift(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.streaming:
-            return self.layer(temporal_shift(x, self.num_segments, self.fold_div, self.online))
+            return super().forward(temporal_shift(x, self.num_segments, self.fold_div, self.online))
         fold = x.shape[1] // self.fold_div
         current = x[:, :fold]
         past = self._previous if self._previous is not None else torch.zeros_like(current)
         self._previous = current.detach()
-        return self.layer(torch.cat((past, x[:, fold:]), dim=1))  # (N, C, H, W)
+        return super().forward(torch.cat((past, x[:, fold:]), dim=1))  # (N, C, H, W)
 
 
 def apply_temporal_shift(
@@ -105,3 +120,12 @@ def set_streaming(model: nn.Module, streaming: bool) -> None:
     for module in shifts:
         module.streaming = streaming
         module.reset()
+
+
+def build_tsm(
+    num_classes: int, num_segments: int, backbone: str = "resnet18", fold_div: int = 8, online: bool = False
+) -> TSN:
+    """TSN's recognizer with the residual shift in its backbone: same parameters, same FLOPs."""
+    model = TSN(num_classes, num_segments, backbone)
+    apply_temporal_shift(model.backbone, num_segments, fold_div, online)
+    return model
