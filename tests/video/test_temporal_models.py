@@ -1,0 +1,122 @@
+"""Two-Stream, TRN, TDN, TAM and the 3-D baselines: shapes, gradients, order sensitivity, the equations."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from papernotes.errors import DataError
+from papernotes.video.recognizers import CONSTRUCTORS, build_recognizer
+from papernotes.video.tam import TemporalAdaptiveModule
+from papernotes.video.trn import TRN
+
+K = 4
+
+
+def inputs(model, seed: int = 0, batch: int = 2, size: int = 32):
+    g = torch.Generator().manual_seed(seed)
+    if model.modality == "rgb+flow":
+        return {
+            "rgb": torch.randn(batch, K, 3, size, size, generator=g),
+            "flow": torch.randn(batch, K, 2 * model.flow_length, size, size, generator=g),
+        }
+    return torch.randn(batch, K * model.frames_per_segment, 3, size, size, generator=g)
+
+
+@pytest.mark.parametrize("name", sorted(CONSTRUCTORS))
+def test_every_recognizer_gives_logits_and_gradients_to_every_parameter(name):
+    torch.manual_seed(0)
+    model = build_recognizer(name, num_classes=5, num_segments=K)
+    logits = model(inputs(model))
+    assert logits.shape == (2, 5)
+    logits.logsumexp(-1).sum().backward()
+    # dropout zeroes whole features but never all of them: every parameter gets a gradient
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, no_grad
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", ["trn", "tdn", "tam", "tsm", "r3d", "r2plus1d"])
+def test_temporal_models_are_sensitive_to_segment_order(name):
+    torch.manual_seed(0)
+    model = build_recognizer(name, 5, K).eval()
+    x = inputs(model)
+    L = model.frames_per_segment
+    # reverse the order of the segments, keeping each snippet's frames in order
+    reversed_segments = x.view(2, K, L, 3, 32, 32).flip(1).reshape(x.shape)
+    assert not torch.allclose(model(reversed_segments), model(x), atol=1e-4)
+
+
+@torch.no_grad()
+def test_tdn_sees_the_direction_inside_a_snippet_and_trn_eval_is_deterministic():
+    torch.manual_seed(0)
+    tdn = build_recognizer("tdn", 5, K).eval()
+    x = inputs(tdn)
+    within = x.view(2, K, 5, 3, 32, 32).flip(2).reshape(x.shape)  # same centre frames, differences negated
+    assert not torch.allclose(tdn(within), tdn(x), atol=1e-4)
+
+    trn = build_recognizer("trn", 5, K).eval()
+    clip = inputs(trn)
+    torch.testing.assert_close(trn(clip), trn(clip))
+    # one K-frame relation, then min(3, C(K, s)) sampled relations for s = K-1 ... 2
+    assert [len(trn.relation.chosen(s)) for s in trn.relation.scales] == [1, 3, 3]
+
+
+@torch.no_grad()
+def test_trn_relation_head_is_the_sum_of_its_scale_mlps():
+    torch.manual_seed(0)
+    trn = TRN(5, K).eval()
+    features = torch.randn(2, K, 256)
+    expected = 0
+    for scale, mlp in zip(trn.relation.scales, trn.relation.mlps):
+        for combo in trn.relation.chosen(scale):
+            expected = expected + mlp(torch.cat([features[:, i] for i in combo], dim=-1))
+    torch.testing.assert_close(trn.relation(features), expected)
+
+
+@torch.no_grad()
+def test_tam_equals_its_equations_written_as_loops():
+    torch.manual_seed(0)
+    T, C = 4, 8
+    tam = TemporalAdaptiveModule(C, T).eval()
+    for p in tam.parameters():
+        p.normal_(0, 0.5)
+    x = torch.randn(2 * T, C, 3, 5)
+    out = tam(x)
+    for n in range(2):
+        clip = x[n * T : (n + 1) * T]  # (T, C, H, W)
+        pooled = clip.mean(dim=(2, 3)).T  # (C, T)
+        importance = tam.local(pooled[None])[0]  # (C, T)
+        kernel = tam.glob(pooled)  # (C, 3), rows sum to 1
+        torch.testing.assert_close(kernel.sum(-1), torch.ones(C))
+        z = clip * importance.T[..., None, None]
+        for t in range(T):
+            expected = sum(kernel[:, j, None, None] * z[t + j - 1] for j in range(3) if 0 <= t + j - 1 < T)
+            torch.testing.assert_close(out[n * T + t], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_two_stream_fuses_1_to_1_5_and_refuses_a_wrong_flow_channel_count():
+    torch.manual_seed(0)
+    model = build_recognizer("two-stream", 5, K).eval()
+    x = inputs(model)
+    with torch.no_grad():
+        streams = model(x, return_streams=True)
+        torch.testing.assert_close(model(x), streams["rgb"] + 1.5 * streams["flow"])
+    assert model.flow.backbone.conv1.in_channels == 10  # 2·L, L = 5
+    with pytest.raises(DataError, match=r"flow stream expects 10 channels .*got 3"):
+        model({"rgb": x["rgb"], "flow": x["rgb"]})
+    with pytest.raises(DataError, match="dict with keys 'rgb' and 'flow'"):
+        model(x["rgb"])
+
+
+def test_tdn_refuses_a_clip_without_five_frames_per_segment():
+    model = build_recognizer("tdn", 5, K)
+    with pytest.raises(DataError, match=r"5 consecutive RGB frames per segment"):
+        model(torch.zeros(1, K, 3, 32, 32))
+
+
+def test_flow_stream_matches_input_size_after_pooling():
+    # odd input sizes reach the S-TDM ceil pooling and the strided stem at different sizes
+    model = build_recognizer("tdn", 5, K).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, K * 5, 3, 33, 35)).shape == (1, 5)
+    assert F.avg_pool2d(torch.zeros(1, 1, 33, 35), 2, ceil_mode=True).shape[-2:] == (17, 18)
