@@ -336,7 +336,7 @@ def _add_video_commands(sub: argparse._SubParsersAction, common: argparse.Argume
     fl.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     fl.set_defaults(func=_video_flow)
 
-    models = ["tsn", "two-stream", "trn", "tsm", "tdn", "tam", "r3d", "r2plus1d"]
+    models = ["tsn", "two-stream", "trn", "tsm", "tdn", "tam", "dilated", "r3d", "r2plus1d"]
     tr = video_sub.add_parser(
         "train",
         parents=[common],

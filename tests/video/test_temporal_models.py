@@ -35,7 +35,7 @@ def test_every_recognizer_gives_logits_and_gradients_to_every_parameter(name):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("name", ["trn", "tdn", "tam", "tsm", "r3d", "r2plus1d"])
+@pytest.mark.parametrize("name", ["trn", "tdn", "tam", "tsm", "dilated", "r3d", "r2plus1d"])
 def test_temporal_models_are_sensitive_to_segment_order(name):
     torch.manual_seed(0)
     model = build_recognizer(name, 5, K).eval()

@@ -14,6 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from papernotes.errors import ConfigError
+from papernotes.video.dilated_head import DilatedTemporalHead
 from papernotes.video.tam import build_tam
 from papernotes.video.tdn import TDN
 from papernotes.video.trn import TRN
@@ -29,6 +30,7 @@ CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {
     "tsm": build_tsm,
     "tdn": TDN,
     "tam": build_tam,
+    "dilated": DilatedTemporalHead,
     "r3d": build_video3d("r3d"),
     "r2plus1d": build_video3d("r2plus1d"),
 }

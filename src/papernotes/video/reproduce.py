@@ -68,7 +68,7 @@ VIDEO_SIZES: dict[str, dict[str, Any]] = {
         "steps": 600,
         "batch_size": 16,
         "lr": 1e-3,
-        "models": ["tsn", "two-stream", "trn", "tsm", "tdn", "tam", "r3d", "r2plus1d"],
+        "models": ["tsn", "two-stream", "trn", "tsm", "tdn", "tam", "dilated", "r3d", "r2plus1d"],
         "latency_repeats": 20,
     },
     "tiny": {  # for tests: seconds, not a measurement
