@@ -410,6 +410,9 @@ def _add_video_commands(sub: argparse._SubParsersAction, common: argparse.Argume
     )
     ev.add_argument("--classes", type=Path, default=None, help="classes.json or a text file of class names")
     ev.add_argument("--out", type=Path, default=None, help="folder for metrics.json and confusion.png")
+    ev.add_argument(
+        "--profile", action="store_true", help="also report parameters, FLOPs and CPU latency per clip"
+    )
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ev.set_defaults(func=_video_eval)
 

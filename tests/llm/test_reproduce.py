@@ -1,4 +1,4 @@
-"""`papernotes reproduce` for the LLM field, run as the README shows it, at a tiny size."""
+"""`papernotes reproduce` run as the README shows it (every experiment), at a tiny size; the LLM results."""
 
 import json
 
@@ -7,6 +7,7 @@ import pytest
 from papernotes.cli import main
 from papernotes.llm import reproduce, reproduce_decoding, reproduce_peft
 from papernotes.llm.llama import Llama
+from papernotes.video import reproduce as video_reproduce
 
 
 @pytest.fixture
@@ -60,6 +61,8 @@ def tiny_sizes(monkeypatch):
     monkeypatch.setitem(
         reproduce.ATTENTION_SIZES, "quick", {"seq_lens": [64, 128], "num_heads": 2, "repeats": 1}
     )
+    # the video experiment has its own test (tests/video/test_reproduce.py); here it only has to run
+    monkeypatch.setitem(video_reproduce.VIDEO_SIZES, "quick", video_reproduce.VIDEO_SIZES["tiny"])
 
 
 def _results(out):
@@ -69,9 +72,10 @@ def _results(out):
 
 def test_reproduce_llm_writes_report_figures_and_a_cached_hf_model(tiny_sizes, tmp_path, capsys):
     out, cache = tmp_path / "reports", tmp_path / "cache"
-    argv = ["reproduce", "--out", str(out), "--cache-dir", str(cache)]  # every LLM experiment
+    argv = ["reproduce", "--out", str(out), "--cache-dir", str(cache)]  # every experiment
     assert main(argv) == 0
     run, results = _results(out)
+    assert results["experiments"]["video-recognition"]["status"] == "ok"
     pre = results["experiments"]["llm-pretrain"]
     assert pre["status"] == "ok", pre.get("traceback")
     assert set(pre["metrics"]["runs"]) == {"fp32", "bf16", "fp16"}

@@ -43,10 +43,11 @@ def test_train_then_eval_writes_checkpoint_metrics_and_confusion(synthetic_dir, 
     # the video list (mp4 files) works as well as the rawframe list
     report = tmp_path / "report"
     argv = ["video", "eval", "--checkpoint", str(run), "--list", str(synthetic_dir / "test.txt"), "--out"]
-    argv += [str(report), "--num-clips", "2", "--classes", str(synthetic_dir / "classes.json")]
+    argv += [str(report), "--num-clips", "2", "--classes", str(synthetic_dir / "classes.json"), "--profile"]
     assert main([*argv, "--num-workers", "0", "--no-progress"]) == 0
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["num_samples"] == 16 and len(metrics["confusion"]) == 16
+    assert metrics["profile"]["flops"] > 0 and metrics["profile"]["latency_ms"] > 0
     assert (report / "confusion.png").stat().st_size > 1000
     # refuses to overwrite a run
     assert main(["video", "train", "--model", "tsm", "--train-list", argv[5], "--out", str(run), *TRAIN]) == 2

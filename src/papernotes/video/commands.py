@@ -148,7 +148,7 @@ def eval_command(args: argparse.Namespace) -> dict[str, Any]:
     """``papernotes video eval``: top-1/top-5, mean class accuracy and a confusion-matrix figure."""
     from papernotes.core.checkpoint import atomic_write_file
     from papernotes.metrics.classification import classification_summary, plot_confusion
-    from papernotes.video.train import build_dataset, evaluate, load_recognizer
+    from papernotes.video.train import build_dataset, evaluate, load_recognizer, profile_recognizer
 
     model, meta = load_recognizer(args.checkpoint)
     size = args.size or meta.get("size", 112)
@@ -168,6 +168,8 @@ def eval_command(args: argparse.Namespace) -> dict[str, Any]:
     summary["skipped"] = out["skipped"]
     summary["checkpoint"] = str(args.checkpoint)
     summary["num_clips"] = args.num_clips
+    if args.profile:  # parameters, FLOPs and CPU latency of one clip at the evaluated size
+        summary["profile"] = profile_recognizer(model, size)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         with atomic_write_file(args.out / "metrics.json") as tmp:
