@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from papernotes.errors import ConfigError
+from papernotes.errors import ConfigError, DataError
 from papernotes.nn.dilated import (
     DilatedTemporalConv,
     DilatedTemporalStack,
@@ -29,6 +29,12 @@ def test_centred_conv_equals_conv1d_same_padding():
     x = torch.randn(2, 4, 20)
     expected = F.conv1d(x, layer.conv.weight, layer.conv.bias, padding="same", dilation=3)
     torch.testing.assert_close(layer(x), expected)
+
+
+@pytest.mark.parametrize(("kernel_size", "dilation", "causal"), [(2, 3, True), (3, 4, True), (5, 2, False)])
+def test_layer_keeps_length(kernel_size, dilation, causal):
+    layer = DilatedTemporalConv(3, 5, kernel_size, dilation, causal)
+    assert layer(torch.randn(2, 3, 11)).shape == (2, 5, 11)
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -93,3 +99,7 @@ def test_refusals():
         DilatedTemporalConv(2, 2, kernel_size=2, causal=False)
     with pytest.raises(ConfigError, match="causal=True"):
         DilatedTemporalStack(2, 4, causal=False).step(torch.zeros(1, 2))
+    stack = DilatedTemporalStack(2, 4)
+    stack.step(torch.zeros(1, 2))
+    with pytest.raises(DataError, match="call reset"):  # a new batch size means a new stream
+        stack.step(torch.zeros(3, 2))

@@ -17,6 +17,10 @@ Facts the code relies on:
 
 Shapes: the stack takes and returns (B, T, D) sequences, as video features and per-frame detection features
 are stored; inside, Conv1d works on (B, D, T).
+
+The tests (``tests/nn/test_dilated.py``) hold the centred layer to ``F.conv1d(..., padding="same")`` with the
+same weights, :func:`receptive_field` and :func:`gridding_coverage` to the input support that autograd
+measures, and :meth:`DilatedTemporalStack.step` to the batched forward pass.
 """
 
 from __future__ import annotations
@@ -41,10 +45,12 @@ def receptive_field(kernel_size: int, dilations: Sequence[int]) -> int:
 
 
 def gridding_coverage(kernel_size: int, dilations: Sequence[int]) -> torch.Tensor:
-    """Which input offsets, across the receptive field, reach one output of a stack (bool, length = field).
+    """Which inputs inside the receptive field reach one output of a stack (bool, length = field).
 
-    Computed by composing the layers' tap sets: each layer adds {j·d : j = 0..k−1} to every reachable
-    offset. Equal rates leave False holes (gridding); hybrid rates cover the whole field.
+    Entry i is the input i steps after the first one in the field: t − (field − 1) + i for a causal stack,
+    t − (field − 1)/2 + i for a centred one (the mask is symmetric, so either reading holds). Computed by
+    composing the layers' tap sets: each layer adds {j·d : j = 0..k−1} to every reachable offset. Equal
+    rates leave False holes (gridding); hybrid rates cover the whole field.
     """
     reach = torch.zeros(1, dtype=torch.bool)
     reach[0] = True
@@ -66,7 +72,7 @@ class DilatedTemporalConv(nn.Module):
         kernel_size: int = 3,
         dilation: int = 1,
         causal: bool = True,
-    ):
+    ) -> None:
         super().__init__()
         if kernel_size < 1 or dilation < 1:
             raise ConfigError(f"kernel_size and dilation must be >= 1, got {kernel_size}, {dilation}")
@@ -91,7 +97,7 @@ class DilatedTemporalStack(nn.Module):
 
     1x1 input projection -> per dilation: x + Conv1x1(Dropout(ReLU(DilatedConv(x)))) -> 1x1 output
     projection. With ``causal=True`` (the default, for online use) :meth:`step` runs it one time step at a
-    time and gives exactly the batched outputs.
+    time and, in eval mode (dropout off), gives the batched outputs.
     """
 
     def __init__(
@@ -103,7 +109,7 @@ class DilatedTemporalStack(nn.Module):
         dilations: Sequence[int] = (1, 2, 5),
         causal: bool = True,
         dropout: float = 0.0,
-    ):
+    ) -> None:
         super().__init__()
         if not dilations:
             raise ConfigError("dilations must name at least one rate")
@@ -119,6 +125,7 @@ class DilatedTemporalStack(nn.Module):
 
     @property
     def receptive_field(self) -> int:
+        """Time steps one output reads: the latest ones (causal) or a window centred on it."""
         return receptive_field(self.kernel_size, self.dilations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,6 +149,9 @@ class DilatedTemporalStack(nn.Module):
         if x_t.dim() != 2:
             raise DataError(f"step expects one time step (B, D), got {tuple(x_t.shape)}")
         h = self.inp(x_t[:, :, None])  # (B, D) -> (B, D, 1) -> (B, H, 1)
+        if self._past is not None and self._past[0].shape[0] != len(h):
+            held = self._past[0].shape[0]
+            raise DataError(f"step got a batch of {len(h)}, the stream holds {held}; call reset() first")
         if self._past is None:
             self._past = [h.new_zeros(h.shape[0], h.shape[1], c.history) for c in self.convs]
         for i, (conv, mix) in enumerate(zip(self.convs, self.mixes)):
