@@ -1,0 +1,91 @@
+"""Online detectors: shapes, training losses, causality, bounded windows, and streaming equal to offline."""
+
+import pytest
+import torch
+
+from papernotes.errors import ConfigError, DataError
+from papernotes.video.online.detectors import DETECTORS, build_detector
+from papernotes.video.online.stream import stream_scores
+
+D, C = 16, 5
+
+
+def session(T: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(1, T, D, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_streaming_equals_offline_on_a_long_session(name):
+    torch.manual_seed(0)
+    model = build_detector(name, "tiny").eval()
+    x = session(300)
+    offline = model(x)[0]
+    assert offline.shape == (300, C)
+    torch.testing.assert_close(stream_scores(model, x[0]), offline, atol=1e-5, rtol=1e-4)
+    # a second stream from the same model starts fresh
+    torch.testing.assert_close(stream_scores(model, x[0, :50]), offline[:50], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_scores_never_read_the_future_and_the_loss_trains_every_parameter(name):
+    torch.manual_seed(0)
+    model = build_detector(name, "tiny").eval()
+    x = session(40)
+    changed = x.clone()
+    changed[:, 25:] += 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(model(changed)[:, :25], model(x)[:, :25], rtol=0, atol=0)
+    model.train()
+    targets = torch.randint(0, C, (2, 40), generator=torch.Generator().manual_seed(1))
+    targets[0, :3] = -100  # ignored frames (ambiguous) take no part
+    loss = model.loss(torch.randn(2, 40, D), targets)
+    loss.backward()
+    assert torch.isfinite(loss)
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("name", ["oadtr", "idn"])
+def test_window_models_forget_frames_older_than_the_window(name):
+    torch.manual_seed(0)
+    model = build_detector(name, "tiny").eval()
+    W = model.cfg.window
+    x = session(30)
+    changed = x.clone()
+    changed[:, 0] += 5.0
+    with torch.no_grad():
+        a, b = model(x)[0], model(changed)[0]
+    torch.testing.assert_close(a[W:], b[W:], rtol=0, atol=0)  # frame W no longer sees frame 0
+    assert not torch.allclose(a[:W], b[:W])
+
+
+def test_oadtr_future_loss_targets_the_next_frames():
+    torch.manual_seed(0)
+    model = build_detector("oadtr", "tiny").eval()
+    x = session(12)
+    targets = torch.arange(12)[None] % C
+    current, future = model(x, return_future=True)
+    Q = model.cfg.future_steps
+    ce = torch.nn.functional.cross_entropy
+    manual = []
+    for t in range(12):
+        for q in range(Q):
+            if t + 1 + q < 12:
+                manual.append(ce(future[0, t, q][None], targets[0, t + 1 + q][None]))
+    expected = ce(current[0], targets[0]) + 0.5 * torch.stack(manual).mean()
+    torch.testing.assert_close(model.loss(x, targets), expected)
+
+
+def test_bad_input_is_refused_clearly():
+    model = build_detector("oadtr", "tiny").eval()
+    with pytest.raises(DataError, match=r"expected features \(B, T, 16\)"):
+        model(torch.zeros(1, 5, 8))
+    stream = model.stream()
+    with pytest.raises(DataError, match="non-finite feature at frame 0"):
+        stream.step(torch.full((D,), float("nan")))
+    with pytest.raises(DataError, match=r"call .eval\(\)"):
+        build_detector("trn", "tiny").stream()
+    with pytest.raises(ConfigError, match="unknown detector 'lstr'"):
+        build_detector("lstr")
+    with pytest.raises(ConfigError, match="unknown settings"):
+        build_detector("idn", "tiny", windw=3)
