@@ -1,11 +1,14 @@
 """Online detectors: shapes, training losses, causality, bounded windows, and streaming equal to offline."""
 
+import numpy as np
 import pytest
 import torch
 
+from papernotes.core.train import short_run, train
 from papernotes.errors import ConfigError, DataError
 from papernotes.video.online.detectors import DETECTORS, build_detector
 from papernotes.video.online.stream import stream_scores
+from papernotes.video.online.train import ChunkBatches, detector_loss, labels_of, score_session
 
 D, C = 16, 5
 
@@ -89,3 +92,29 @@ def test_bad_input_is_refused_clearly():
         build_detector("lstr")
     with pytest.raises(ConfigError, match="unknown settings"):
         build_detector("idn", "tiny", windw=3)
+
+
+@pytest.mark.parametrize("name", ["oadtr", "idn", "trn"])
+def test_scoring_a_long_session_in_pieces_equals_one_pass(name):
+    torch.manual_seed(0)
+    model = build_detector(name, "tiny").eval()
+    x = session(95)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(score_session(model, x, piece=20), model(x[None])[0], atol=1e-5, rtol=1e-4)
+
+
+def test_chunk_batches_are_a_function_of_the_step_and_train_a_detector():
+    rng = np.random.default_rng(0)
+    features = [rng.normal(size=(n, D)).astype(np.float32) for n in (30, 50, 8)]
+    labels = [rng.integers(0, C, n) for n in (30, 50, 8)]
+    batches = ChunkBatches(features, labels, length=10, batch_size=4, seed=3)
+    a, b = batches(5, 0), batches(5, 0)
+    assert a["features"].shape == (4, 10, D) and torch.equal(a["features"], b["features"])
+    assert not torch.equal(batches(6, 0)["features"], a["features"])
+    model = build_detector("tcn", "tiny")
+    result = train(model, detector_loss, batches, short_run(30, 4, 3e-3, progress=False))
+    assert result.train_losses[-1] < result.train_losses[0]
+    with pytest.raises(DataError, match="no training session has 60 frames"):
+        ChunkBatches(features, labels, length=60, batch_size=4)
+    onehot = np.eye(4)[[0, 3, 1, 3]]
+    assert labels_of(onehot, ignore_index=3).tolist() == [0, -100, 1, -100]
