@@ -118,3 +118,17 @@ def test_chunk_batches_are_a_function_of_the_step_and_train_a_detector():
         ChunkBatches(features, labels, length=60, batch_size=4)
     onehot = np.eye(4)[[0, 3, 1, 3]]
     assert labels_of(onehot, ignore_index=3).tolist() == [0, -100, 1, -100]
+
+
+def test_streaming_benchmark_runs_at_tiny_size():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "online_streaming.py"
+    spec = importlib.util.spec_from_file_location("online_streaming", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--quick", "--models", "oadtr", "trn", "tcn", "--streams", "2"])
+    for row in result["models"].values():
+        assert row["single_stream_rtf"] > 0 and row["batched_total_fps"] == 2 * row["batched_fps_per_stream"]
+    assert "oadtr_single_stream_rtf_ge_10" in result["goals"]
