@@ -1,0 +1,1 @@
+"""Online action detection: feature streams, detectors and exact frame-by-frame streaming."""
