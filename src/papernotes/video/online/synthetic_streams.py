@@ -37,8 +37,8 @@ class StreamConfig:
     session_frames: tuple[int, int] = (300, 600)  # length range (frames at 4 fps: 75-150 s)
     action_frames: tuple[int, int] = (8, 40)  # duration range of one action instance
     gap_frames: tuple[int, int] = (4, 30)  # background between instances
-    amplitude: float = 1.0  # radius of the action circles
-    noise: float = 0.35  # std of the per-frame Gaussian noise
+    amplitude: float = 2.0  # radius of the action circles
+    noise: float = 0.3  # std of the per-frame Gaussian noise
     ambiguous_margin: int = 1  # frames at each action boundary labelled ambiguous
     fps: float = 4.0
     seed: int = 0
