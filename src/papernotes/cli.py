@@ -28,6 +28,9 @@ EPILOG = """fields and their commands:
   video flow         TSN-style optical-flow images (flow_x/flow_y JPEGs) for a video list
   video train        train TSN, Two-Stream, TRN, TSM, TDN, TAM or a 3-D CNN on an mmaction list
   video eval         top-1/top-5, mean class accuracy and a confusion matrix for a checkpoint
+  oad make-synthetic write embedded untrimmed feature streams in the THUMOS'14 layout
+  oad train          train an online action detector (OadTR, TRN, IDN, TCN, per-frame MLP)
+  oad eval           per-frame mAP and calibrated mAP of a detector on the test sessions
 
 run 'papernotes COMMAND --help' for a command's options and defaults."""
 
@@ -264,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, default=0, help="random seed (data and training)")
     ft.set_defaults(func=_llm_finetune)
     _add_video_commands(sub, common)
+    _add_oad_commands(sub, common)
     return parser
 
 
@@ -415,6 +419,94 @@ def _add_video_commands(sub: argparse._SubParsersAction, common: argparse.Argume
     )
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ev.set_defaults(func=_video_eval)
+
+
+def _add_oad_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    oad = sub.add_parser(
+        "oad", parents=[common], help="Online action detection on feature streams", formatter_class=_Formatter
+    )
+    oad_sub = oad.add_subparsers(dest="oad_command", metavar="COMMAND", required=True)
+    syn = oad_sub.add_parser(
+        "make-synthetic",
+        parents=[common],
+        help="write the embedded feature streams (THUMOS layout)",
+        description="Generate untrimmed feature sessions in the THUMOS'14/TVSeries layout (data_info.json, "
+        "features/<session>.npy, target_perframe/<session>.npy). 20 actions in pairs that differ only in "
+        "their direction of motion, background, and ambiguous frames at action boundaries.",
+        formatter_class=_Formatter,
+    )
+    syn.add_argument("--out", type=Path, required=True, help="feature root to create")
+    syn.add_argument("--preset", choices=["default", "tiny"], default="default", help="stream settings")
+    syn.add_argument("--seed", type=int, default=0, help="same seed, same streams")
+    syn.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    syn.set_defaults(func=_oad_make_synthetic)
+
+    tr = oad_sub.add_parser(
+        "train",
+        parents=[common],
+        help="train an online detector (oadtr, trn, idn, tcn, mlp)",
+        description="Train a detector on the train sessions of a feature root (THUMOS'14 layout: "
+        "data_info.json, <rgb_dir>/<session>.npy, optional <flow_dir>, target_perframe/<session>.npy) on "
+        "random chunks of --chunk frames, through the shared training loop. Writes <out>/detector.json, "
+        "model.safetensors and result.json atomically; --eval also scores the test sessions.",
+        formatter_class=_Formatter,
+    )
+    tr.add_argument("--model", choices=["oadtr", "trn", "idn", "tcn", "mlp"], required=True, help="detector")
+    tr.add_argument("--data", type=Path, required=True, help="feature root with data_info.json")
+    tr.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    tr.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    tr.add_argument(
+        "--preset", choices=["default", "tiny"], default="default", help="model size (default: the paper's)"
+    )
+    tr.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    tr.add_argument("--batch-size", type=int, default=16, help="chunks per step")
+    tr.add_argument("--chunk", type=int, default=64, help="frames per training chunk")
+    tr.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
+    tr.add_argument("--seed", type=int, default=0, help="seeds weights and chunk sampling")
+    tr.add_argument("--eval", action="store_true", help="score the test sessions after training")
+    tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    tr.set_defaults(func=_oad_train)
+
+    ev = oad_sub.add_parser(
+        "eval",
+        parents=[common],
+        help="per-frame mAP (THUMOS'14) and mcAP (TVSeries) of a checkpoint",
+        description="Score the test sessions of a feature root with a checkpoint from 'oad train': per-frame "
+        "mAP (ambiguous frames dropped, background left out, classes without positives skipped), calibrated "
+        "mAP, and per-class AP.",
+        formatter_class=_Formatter,
+    )
+    ev.add_argument("--checkpoint", type=Path, required=True, help="folder written by oad train")
+    ev.add_argument("--data", type=Path, required=True, help="feature root with data_info.json")
+    ev.add_argument("--out", type=Path, default=None, help="write the metrics to this JSON file")
+    ev.set_defaults(func=_oad_eval)
+
+
+def _oad_make_synthetic(args: argparse.Namespace) -> int:
+    from papernotes.video.online.commands import make_synthetic_command
+
+    print(json.dumps(make_synthetic_command(args), indent=2))
+    return 0
+
+
+def _oad_train(args: argparse.Namespace) -> int:
+    from papernotes.video.online.commands import train_command
+
+    info = train_command(args)
+    print(
+        f"trained {info['model']} for {info['steps']} steps: final train loss {info['final_train_loss']:.4f}"
+    )
+    if "test" in info:
+        print(f"test mAP {100 * info['test']['mAP']:.2f} %, mcAP {100 * info['test']['mcAP']:.2f} %")
+    print(f"checkpoint: {info['out']}")
+    return 0
+
+
+def _oad_eval(args: argparse.Namespace) -> int:
+    from papernotes.video.online.commands import eval_command
+
+    print(json.dumps(eval_command(args), indent=2))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
