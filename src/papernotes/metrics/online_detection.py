@@ -90,6 +90,7 @@ def _prepare(scores: Any, targets: Any, ignore_index: int | None) -> tuple[np.nd
 
 def _per_class(
     metric,
+    keys: tuple[str, str],
     scores: Any,
     targets: Any,
     ignore_index: int | None,
@@ -112,10 +113,11 @@ def _per_class(
             per_class[name] = value
     if not per_class:
         raise DataError("no class has a positive frame: nothing to average")
+    mean_key, per_class_key = keys
     return {
-        "mean": float(np.mean(list(per_class.values()))),
-        "per_class": per_class,
-        "skipped": skipped,
+        mean_key: float(np.mean(list(per_class.values()))),
+        per_class_key: per_class,
+        "skipped_classes": skipped,
         "num_frames": len(labels),
     }
 
@@ -128,13 +130,10 @@ def per_frame_map(
     class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """THUMOS'14 per-frame mAP: {"mAP", "per_class_ap", "skipped_classes", "num_frames"}."""
-    r = _per_class(frame_average_precision, scores, targets, ignore_index, background_index, class_names)
-    return {
-        "mAP": r["mean"],
-        "per_class_ap": r["per_class"],
-        "skipped_classes": r["skipped"],
-        "num_frames": r["num_frames"],
-    }
+    keys = ("mAP", "per_class_ap")
+    return _per_class(
+        frame_average_precision, keys, scores, targets, ignore_index, background_index, class_names
+    )
 
 
 def calibrated_map(
@@ -145,13 +144,10 @@ def calibrated_map(
     class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """TVSeries mean calibrated AP: {"mcAP", "per_class_cap", "skipped_classes", "num_frames"}."""
-    r = _per_class(calibrated_average_precision, scores, targets, ignore_index, background_index, class_names)
-    return {
-        "mcAP": r["mean"],
-        "per_class_cap": r["per_class"],
-        "skipped_classes": r["skipped"],
-        "num_frames": r["num_frames"],
-    }
+    keys = ("mcAP", "per_class_cap")
+    return _per_class(
+        calibrated_average_precision, keys, scores, targets, ignore_index, background_index, class_names
+    )
 
 
 def per_class_table(per_class: dict[Any, float]) -> list[list[Any]]:

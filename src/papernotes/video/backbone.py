@@ -42,6 +42,31 @@ def resnet_backbone(name: str) -> nn.Module:
     return model
 
 
+class AdoptedConv2d(nn.Conv2d):
+    """Base of a Conv2d that replaces ``conv`` inside a ResNet and takes over its Parameters.
+
+    Methods that act on a block's input (TSM's shift, TAM) subclass it and transform ``x`` before
+    ``super().forward(x)``. The state-dict names (``layer1.0.conv1.weight``) stay those of the plain ResNet,
+    so ImageNet weights load unchanged, and nothing is allocated: the new module is built on the meta device
+    and then holds the original tensors.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device="meta",
+        )
+        self.weight, self.bias = conv.weight, conv.bias
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` file or a ``torch.save``d state dict (read with ``weights_only=True``).
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from papernotes.errors import ConfigError, DataError
+from papernotes.video.backbone import AdoptedConv2d
 from papernotes.video.tsn import TSN
 
 ALPHA = 2  # global branch: hidden width α·T
@@ -76,26 +77,14 @@ class TemporalAdaptiveModule(nn.Module):
         return y.view(n, c, T, h, w).transpose(1, 2).reshape(nt, c, h, w)  # (N·T, C, H, W)
 
 
-class TAMConv2d(nn.Conv2d):
+class TAMConv2d(AdoptedConv2d):
     """A block's conv2 that first applies TAM to its input (the output of conv1 -> BN -> ReLU).
 
     It takes over the wrapped convolution's Parameters, so ``layer1.0.conv2.weight`` keeps its name.
     """
 
     def __init__(self, conv: nn.Conv2d, num_segments: int):
-        super().__init__(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups,
-            conv.bias is not None,
-            conv.padding_mode,
-            device="meta",  # no allocation: the wrapped convolution's tensors are taken over below
-        )
-        self.weight, self.bias = conv.weight, conv.bias
+        super().__init__(conv)
         self.tam = TemporalAdaptiveModule(conv.in_channels, num_segments)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

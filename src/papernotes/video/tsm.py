@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from papernotes.errors import ConfigError, DataError
+from papernotes.video.backbone import AdoptedConv2d
 from papernotes.video.tsn import TSN
 
 
@@ -51,10 +52,10 @@ def temporal_shift(
     return out.view(nt, c, h, w)
 
 
-class TemporalShift(nn.Conv2d):
+class TemporalShift(AdoptedConv2d):
     """A residual block's conv1 that shifts its input first. Adds no parameters.
 
-    It takes over the wrapped convolution's own Parameters, so state-dict names stay
+    It takes over the wrapped convolution's own Parameters (``AdoptedConv2d``), so state-dict names stay
     ``layer1.0.conv1.weight`` and ImageNet ResNet weights load unchanged.
 
     With ``streaming`` on (online models only), each call holds ONE frame per clip (T = 1):
@@ -64,19 +65,7 @@ class TemporalShift(nn.Conv2d):
     def __init__(self, conv: nn.Conv2d, num_segments: int, fold_div: int = 8, online: bool = False) -> None:
         if fold_div < 2:
             raise ConfigError(f"fold_div must be >= 2 (fold = C / fold_div channels move), got {fold_div}")
-        super().__init__(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups,
-            conv.bias is not None,
-            conv.padding_mode,
-            device="meta",  # no allocation: the wrapped convolution's tensors are taken over below
-        )
-        self.weight, self.bias = conv.weight, conv.bias
+        super().__init__(conv)
         self.num_segments = num_segments
         self.fold_div = fold_div
         self.online = online
