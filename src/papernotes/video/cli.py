@@ -1,0 +1,301 @@
+"""The ``papernotes video ...`` and ``papernotes oad ...`` commands: their arguments and what they print.
+
+Split from :mod:`papernotes.cli` (the top-level parser) to keep that file small. Like it, this module only
+maps arguments to the functions in ``video/commands.py`` and ``video/online/commands.py`` and prints their
+summaries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_video_commands(
+    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, formatter: type[argparse.HelpFormatter]
+) -> None:
+    """The ``papernotes video ...`` commands."""
+    video = sub.add_parser(
+        "video",
+        parents=[common],
+        help="Video understanding: data, flow, recognizers",
+        formatter_class=formatter,
+    )
+    video_sub = video.add_subparsers(dest="video_command", metavar="COMMAND", required=True)
+
+    syn = video_sub.add_parser(
+        "make-synthetic",
+        parents=[common],
+        help="write the embedded video benchmark",
+        description="Generate the temporally sensitive benchmark as real .mp4 files (and img_00001.jpg "
+        "rawframe folders) with mmaction list files train/val/test.txt and classes.json. 16 classes: six "
+        "pairs that differ only in temporal order or direction (left/right, up/down, "
+        "clockwise/anticlockwise, approach/recede, appear/disappear, 3-then-7/7-then-3) and four "
+        "recognisable from one frame. Deterministic from --seed.",
+        formatter_class=formatter,
+    )
+    syn.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    count = syn.add_mutually_exclusive_group()
+    count.add_argument(
+        "--clips", type=int, default=None, help="total clips, spread evenly over the 16 classes"
+    )
+    count.add_argument(
+        "--clips-per-class", type=int, default=40, help="clips per class (split 60/20/20 train/val/test)"
+    )
+    syn.add_argument("--seed", type=int, default=0, help="same seed and sizes give identical data")
+    syn.add_argument("--size", type=int, default=64, help="frame height and width in pixels (even)")
+    syn.add_argument("--num-frames", type=int, default=32, help="frames per clip")
+    syn.add_argument("--no-rawframes", action="store_true", help="write only .mp4 files, no frame folders")
+    syn.add_argument("--overwrite", action="store_true", help="replace a folder made with other settings")
+    syn.add_argument("--workers", type=int, default=2, help="processes that write classes in parallel")
+    syn.set_defaults(func=_video_make_synthetic)
+
+    fl = video_sub.add_parser(
+        "flow",
+        parents=[common],
+        help="extract TSN-style optical flow for a video list",
+        description="Compute optical flow with OpenCV for every video of an mmaction list ('path label' "
+        "per line) and store it as TSN does: x and y as uint8 JPEGs, clipped to +-bound and mapped to 0-255 "
+        "(flow_x_00001.jpg, flow_y_00001.jpg). Resumable: finished videos are skipped. Writes "
+        "<out>/<list>_flow.txt, a rawframe list for the flow stream.",
+        formatter_class=formatter,
+    )
+    fl.add_argument("--list", type=Path, required=True, help="mmaction video list ('path label' per line)")
+    fl.add_argument(
+        "--out", type=Path, required=True, help="folder for the flow images, one folder per video"
+    )
+    fl.add_argument(
+        "--root", type=Path, default=None, help="where relative list paths start [the list's folder]"
+    )
+    fl.add_argument("--workers", type=int, default=1, help="parallel processes")
+    fl.add_argument(
+        "--method",
+        choices=["dis", "farneback", "tvl1"],
+        default="dis",
+        help="OpenCV flow estimator (tvl1 needs opencv-contrib)",
+    )
+    fl.add_argument("--bound", type=float, default=20.0, help="flow clip value in pixels (TSN: 20)")
+    fl.add_argument("--max-frames", type=int, default=None, help="use only the first N frames of each video")
+    fl.add_argument("--rgb", action="store_true", help="also write img_00001.jpg frames for the RGB stream")
+    fl.add_argument(
+        "--on-error", choices=["raise", "skip"], default="raise", help="what to do with an undecodable video"
+    )
+    fl.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    fl.set_defaults(func=_video_flow)
+
+    models = ["tsn", "two-stream", "trn", "tsm", "tdn", "tam", "dilated", "r3d", "r2plus1d"]
+    tr = video_sub.add_parser(
+        "train",
+        parents=[common],
+        help="train a recognizer (TSN, Two-Stream, TRN, TSM, TDN, TAM, R3D, R(2+1)D)",
+        description="Train a video recognizer on an mmaction list through the shared training loop (AdamW, "
+        "warmup + cosine, optional bf16). A rawframe list ('dir num_frames label') or a video list "
+        "('path label') is detected from its first line. TSN sampling: K segments, a random offset in each "
+        "when training. Entries that fail to load are skipped (--on-error skip) and reported at the end. "
+        "Writes <out>/recognizer.json, model.safetensors and result.json atomically. Example: papernotes "
+        "video train --model tsm --train-list data/train_rawframes.txt --val-list data/val_rawframes.txt "
+        "--num-segments 8 --out runs/tsm",
+        formatter_class=formatter,
+    )
+    tr.add_argument("--model", choices=models, required=True, help="recognizer to build")
+    tr.add_argument("--train-list", type=Path, required=True, help="mmaction rawframe or video list")
+    tr.add_argument("--val-list", type=Path, default=None, help="list scored after training (centre clip)")
+    tr.add_argument(
+        "--flow-list", type=Path, default=None, help="two-stream: rawframe list of flow folders (video flow)"
+    )
+    tr.add_argument("--val-flow-list", type=Path, default=None, help="two-stream: flow list of --val-list")
+    tr.add_argument(
+        "--root", type=Path, default=None, help="where relative list paths start [the list's folder]"
+    )
+    tr.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    tr.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    tr.add_argument("--num-segments", type=int, default=8, help="K: segments (frames) per clip")
+    tr.add_argument("--backbone", choices=["resnet18", "resnet50"], default="resnet18", help="2-D backbone")
+    tr.add_argument(
+        "--pretrained", type=Path, default=None, help="local ImageNet/Kinetics weights (.pth or .safetensors)"
+    )
+    tr.add_argument("--num-classes", type=int, default=None, help="[largest training label + 1]")
+    tr.add_argument("--size", type=int, default=112, help="crop size in pixels (ImageNet models: 224)")
+    tr.add_argument("--flip", action="store_true", help="random horizontal flip (swaps left and right!)")
+    tr.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    tr.add_argument("--batch-size", type=int, default=8, help="clips per step")
+    tr.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
+    tr.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW decoupled weight decay")
+    tr.add_argument(
+        "--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="training precision"
+    )
+    tr.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes")
+    tr.add_argument(
+        "--on-error", choices=["skip", "raise"], default="skip", help="a corrupt, empty or missing video"
+    )
+    tr.add_argument("--seed", type=int, default=0, help="seeds weights, sampling and augmentation")
+    tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    tr.set_defaults(func=_video_train)
+
+    ev = video_sub.add_parser(
+        "eval",
+        parents=[common],
+        help="top-1/top-5, mean class accuracy and a confusion matrix",
+        description="Score a checkpoint written by 'papernotes video train' on a list. Multi-clip testing "
+        "averages the logits of --num-clips evenly spaced clips per video. Writes <out>/metrics.json and "
+        "<out>/confusion.png when --out is given. A video that fails to load is an error unless "
+        "--on-error skip.",
+        formatter_class=formatter,
+    )
+    ev.add_argument("--checkpoint", type=Path, required=True, help="folder written by video train")
+    ev.add_argument("--list", type=Path, required=True, help="mmaction rawframe or video list to score")
+    ev.add_argument("--flow-list", type=Path, default=None, help="two-stream: flow list of --list")
+    ev.add_argument(
+        "--root", type=Path, default=None, help="where relative list paths start [the list's folder]"
+    )
+    ev.add_argument("--num-clips", type=int, default=1, help="test clips per video (TSN: 25 for 1 segment)")
+    ev.add_argument("--size", type=int, default=None, help="crop size [the training size]")
+    ev.add_argument("--batch-size", type=int, default=8, help="videos per forward pass")
+    ev.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes")
+    ev.add_argument(
+        "--on-error", choices=["raise", "skip"], default="raise", help="a video that fails to load"
+    )
+    ev.add_argument("--classes", type=Path, default=None, help="classes.json or a text file of class names")
+    ev.add_argument("--out", type=Path, default=None, help="folder for metrics.json and confusion.png")
+    ev.add_argument(
+        "--profile", action="store_true", help="also report parameters, FLOPs and CPU latency per clip"
+    )
+    ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ev.set_defaults(func=_video_eval)
+
+
+def add_oad_commands(
+    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, formatter: type[argparse.HelpFormatter]
+) -> None:
+    """The ``papernotes oad ...`` commands."""
+    oad = sub.add_parser(
+        "oad", parents=[common], help="Online action detection on feature streams", formatter_class=formatter
+    )
+    oad_sub = oad.add_subparsers(dest="oad_command", metavar="COMMAND", required=True)
+    syn = oad_sub.add_parser(
+        "make-synthetic",
+        parents=[common],
+        help="write the embedded feature streams (THUMOS layout)",
+        description="Generate untrimmed feature sessions in the THUMOS'14/TVSeries layout (data_info.json, "
+        "features/<session>.npy, target_perframe/<session>.npy). 20 actions in pairs that differ only in "
+        "their direction of motion, background, and ambiguous frames at action boundaries.",
+        formatter_class=formatter,
+    )
+    syn.add_argument("--out", type=Path, required=True, help="feature root to create")
+    syn.add_argument("--preset", choices=["default", "tiny"], default="default", help="stream settings")
+    syn.add_argument("--seed", type=int, default=0, help="same seed, same streams")
+    syn.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    syn.set_defaults(func=_oad_make_synthetic)
+
+    tr = oad_sub.add_parser(
+        "train",
+        parents=[common],
+        help="train an online detector (oadtr, trn, idn, tcn, mlp)",
+        description="Train a detector on the train sessions of a feature root (THUMOS'14 layout: "
+        "data_info.json, <rgb_dir>/<session>.npy, optional <flow_dir>, target_perframe/<session>.npy) on "
+        "random chunks of --chunk frames, through the shared training loop. Writes <out>/detector.json, "
+        "model.safetensors and result.json atomically; --eval also scores the test sessions.",
+        formatter_class=formatter,
+    )
+    tr.add_argument("--model", choices=["oadtr", "trn", "idn", "tcn", "mlp"], required=True, help="detector")
+    tr.add_argument("--data", type=Path, required=True, help="feature root with data_info.json")
+    tr.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    tr.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    tr.add_argument(
+        "--preset", choices=["default", "tiny"], default="default", help="model size (default: the paper's)"
+    )
+    tr.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    tr.add_argument("--batch-size", type=int, default=16, help="chunks per step")
+    tr.add_argument("--chunk", type=int, default=64, help="frames per training chunk")
+    tr.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
+    tr.add_argument("--seed", type=int, default=0, help="seeds weights and chunk sampling")
+    tr.add_argument("--eval", action="store_true", help="score the test sessions after training")
+    tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    tr.set_defaults(func=_oad_train)
+
+    ev = oad_sub.add_parser(
+        "eval",
+        parents=[common],
+        help="per-frame mAP (THUMOS'14) and mcAP (TVSeries) of a checkpoint",
+        description="Score the test sessions of a feature root with a checkpoint from 'oad train': per-frame "
+        "mAP (ambiguous frames dropped, background left out, classes without positives skipped), calibrated "
+        "mAP, and per-class AP.",
+        formatter_class=formatter,
+    )
+    ev.add_argument("--checkpoint", type=Path, required=True, help="folder written by oad train")
+    ev.add_argument("--data", type=Path, required=True, help="feature root with data_info.json")
+    ev.add_argument("--out", type=Path, default=None, help="write the metrics to this JSON file")
+    ev.set_defaults(func=_oad_eval)
+
+
+def _oad_make_synthetic(args: argparse.Namespace) -> int:
+    from papernotes.video.online.commands import make_synthetic_command
+
+    print(json.dumps(make_synthetic_command(args), indent=2))
+    return 0
+
+
+def _oad_train(args: argparse.Namespace) -> int:
+    from papernotes.video.online.commands import train_command
+
+    info = train_command(args)
+    print(
+        f"trained {info['model']} for {info['steps']} steps: final train loss {info['final_train_loss']:.4f}"
+    )
+    if "test" in info:
+        print(f"test mAP {100 * info['test']['mAP']:.2f} %, mcAP {100 * info['test']['mcAP']:.2f} %")
+    print(f"checkpoint: {info['out']}")
+    return 0
+
+
+def _oad_eval(args: argparse.Namespace) -> int:
+    from papernotes.video.online.commands import eval_command
+
+    print(json.dumps(eval_command(args), indent=2))
+    return 0
+
+
+def _video_make_synthetic(args: argparse.Namespace) -> int:
+    from papernotes.video.commands import make_synthetic_command
+
+    info = make_synthetic_command(args)
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def _video_train(args: argparse.Namespace) -> int:
+    from papernotes.video.commands import train_command
+
+    info = train_command(args)
+    print(
+        f"trained {info['model']} for {info['steps']} steps: final train loss {info['final_train_loss']:.4f}"
+    )
+    if "val" in info:
+        print(
+            f"val top-1 {100 * info['val']['top1']:.2f} %, mean class accuracy "
+            f"{100 * info['val']['mean_class_accuracy']:.2f} %"
+        )
+    if info["num_skipped"]:
+        print(
+            f"skipped {info['num_skipped']} entries that could not be loaded:", *info["skipped"], sep="\n  "
+        )
+    print(f"checkpoint: {info['out']}")
+    return 0
+
+
+def _video_eval(args: argparse.Namespace) -> int:
+    from papernotes.video.commands import eval_command
+
+    info = eval_command(args)
+    shown = {k: v for k, v in info.items() if k != "confusion"}
+    print(json.dumps(shown, indent=2, default=str))
+    return 0
+
+
+def _video_flow(args: argparse.Namespace) -> int:
+    from papernotes.video.commands import flow_command
+
+    info = flow_command(args)
+    print(json.dumps(info, indent=2, default=str))
+    return 0
