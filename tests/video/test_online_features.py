@@ -86,3 +86,33 @@ def test_bad_sessions_name_the_session_and_frame(tmp_path):
     sessions, info = load_sessions(tmp_path / "d")
     write_sessions(tmp_path / "e", [Session("s1", sessions[0].features, sessions[0].targets)], info)
     assert load_sessions(tmp_path / "e")[0][0].features.shape == (4, 5)
+
+
+def test_oadtr_pickles_load_and_a_malicious_pickle_is_refused(tmp_path):
+    import os
+    import pickle
+
+    from papernotes.video.online.features import load_oadtr_pickles
+
+    rng = np.random.default_rng(0)
+    feats = {"v1": {"rgb": rng.normal(size=(6, 4)), "flow": rng.normal(size=(6, 2))}}
+    annos = {"v1": {"anno": np.eye(3)[[0, 1, 1, 2, 0, 0]], "feature_length": 6}}
+    for protocol in (2, 4):
+        (tmp_path / "f.pkl").write_bytes(pickle.dumps(feats, protocol=protocol))
+        (tmp_path / "a.pkl").write_bytes(pickle.dumps(annos, protocol=protocol))
+        (session,) = load_oadtr_pickles(tmp_path / "f.pkl", tmp_path / "a.pkl")
+        np.testing.assert_allclose(
+            session.features, np.concatenate([feats["v1"]["rgb"], feats["v1"]["flow"]], 1)
+        )
+        assert session.targets.shape == (6, 3)
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"v1": {"rgb": Evil()}}))
+    with pytest.raises(DataError, match=r"refused global (posix|os|nt)\.system"):
+        load_oadtr_pickles(tmp_path / "evil.pkl", tmp_path / "a.pkl")
+    assert not marker.exists()

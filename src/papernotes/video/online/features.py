@@ -12,11 +12,17 @@ Layout (``root/``)::
 
 Every problem names the session: features without targets, lengths that differ, NaN or inf (with the
 first bad frame), an empty session list.
+
+OadTR's own layout is two pickles: features ``{session: {"rgb": (T, 2048), "flow": (T, 1024)}}`` and
+annotations ``{session: {"anno": (T, C+1), "feature_length": T}}``. A pickle can run any code when it is
+loaded, so :func:`load_oadtr_pickles` reads them with :class:`SafeUnpickler`, which rebuilds only NumPy
+arrays, dtypes and plain containers and refuses every other global (naming it) before anything runs.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -122,3 +128,70 @@ def write_sessions(root: str | Path, sessions: list[Session], info: DataInfo) ->
         content = {k: v for k, v in asdict(info).items() if k != "extra"} | {"flow_dir": None} | info.extra
         (tmp / INFO_FILE).write_text(json.dumps(content, indent=2) + "\n")
     return Path(root)
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickles NumPy arrays and plain Python containers only; any other global is refused."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("builtins", "dict"),
+        ("builtins", "list"),
+        ("builtins", "tuple"),
+        ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # how pickle protocol 2 stores the bytes of an array (a pure function)
+        ("codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: only NumPy arrays are allowed")
+        return super().find_class(module, name)
+
+
+def _read_pickle(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    try:
+        with path.open("rb") as handle:
+            content = SafeUnpickler(handle).load()
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"{path}: {exc}") from exc
+    if not isinstance(content, dict):
+        raise DataError(f"{path}: expected a dict of sessions, got {type(content).__name__}")
+    return content
+
+
+def load_oadtr_pickles(
+    feature_pickle: str | Path, annotation_pickle: str | Path, sessions: list[str] | None = None
+) -> list[Session]:
+    """Sessions from OadTR's pickles (all sessions of the annotation file unless ``sessions`` names some)."""
+    features, annotations = _read_pickle(Path(feature_pickle)), _read_pickle(Path(annotation_pickle))
+    names = sessions if sessions is not None else sorted(annotations)
+    if not names:
+        raise DataError(f"{annotation_pickle} holds no sessions")
+    result = []
+    for name in names:
+        if name not in features or name not in annotations:
+            where = feature_pickle if name not in features else annotation_pickle
+            raise DataError(f"session {name}: missing from {where}")
+        parts = [
+            np.asarray(features[name][k], dtype=np.float32) for k in ("rgb", "flow") if k in features[name]
+        ]
+        targets = np.asarray(annotations[name]["anno"], dtype=np.float32)
+        lengths = [len(p) for p in parts] + [len(targets)]
+        if not parts or len(set(lengths)) != 1:
+            raise DataError(
+                f"session {name}: lengths differ (features {lengths[:-1]}, targets {lengths[-1]})"
+            )
+        feats = np.concatenate(parts, axis=1)
+        bad = ~np.isfinite(feats).all(axis=1)
+        if bad.any():
+            raise DataError(f"session {name}: NaN or inf in the features at frame {int(np.argmax(bad))}")
+        result.append(Session(name, feats, targets))
+    return result
