@@ -51,3 +51,48 @@ def test_errors_name_the_problem(tmp_path, capsys):
     assert main(argv) == 2
     assert f"session {name}: NaN or inf in the features at frame 7" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_extract_and_stream_a_real_encoded_video(tmp_path, synthetic_dir, capsys):
+    import torch
+
+    from papernotes.video.online.commands import save_detector
+    from papernotes.video.online.detectors import build_detector
+
+    video = sorted((synthetic_dir / "videos").rglob("*.mp4"))[0]  # a real .mp4 (16 fps, 8 frames)
+    assert (
+        main(
+            [
+                "oad",
+                "extract",
+                "--video",
+                str(video),
+                "--out",
+                str(tmp_path / "f"),
+                "--size",
+                "32",
+                "--fps",
+                "4",
+            ]
+        )
+        == 0
+    )
+    features = np.load(tmp_path / "f" / f"{video.stem}.npy")
+    assert features.shape == (2, 512)  # 8 frames at 16 fps in chunks of 4 frames
+    torch.manual_seed(0)
+    model = build_detector("oadtr", "tiny", feature_dim=512, num_classes=3).eval()
+    save_detector(model, "oadtr", tmp_path / "det", {}, class_names=["bg", "left", "right"])
+    capsys.readouterr()
+    argv = ["oad", "stream", "--checkpoint", str(tmp_path / "det"), "--video", str(video), "--size", "32"]
+    assert main([*argv, "--out", str(tmp_path / "timeline.png")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["steps"] == 2 and info["frames"][0]["class"] in ("bg", "left", "right")
+    assert (tmp_path / "timeline.png").stat().st_size > 1000
+    # the streamed probabilities are the offline scores of the extracted features
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.as_tensor(features)[None])[0], -1).max(-1).values
+    assert [f["p"] for f in info["frames"]] == [round(float(p), 4) for p in expected]
+    model16 = build_detector("mlp", "tiny")
+    save_detector(model16, "mlp", tmp_path / "small", {})
+    assert main(["oad", "stream", "--checkpoint", str(tmp_path / "small"), "--video", str(video)]) == 2
+    assert "gives 512-dim features" in capsys.readouterr().err

@@ -228,6 +228,41 @@ def add_oad_commands(
     ev.add_argument("--out", type=Path, default=None, help="write the metrics to this JSON file")
     ev.set_defaults(func=_oad_eval)
 
+    for command, text in (
+        ("extract", "chunk features of videos with a 2-D backbone"),
+        ("stream", "detect actions in a video frame by frame and plot a timeline"),
+    ):
+        parser = oad_sub.add_parser(
+            command,
+            parents=[common],
+            help=text,
+            description={
+                "extract": "Decode each video, cut it into chunks of (video fps / --fps) frames and write "
+                "the "
+                "mean ResNet feature of each chunk: <out>/<video stem>.npy, shape (T, D). D is 512 for "
+                "resnet18 and 2048 for resnet50. Use --pretrained for local ImageNet weights.",
+                "stream": "Extract chunk features on the fly and feed them one at a time to a detector's "
+                "stream (exactly its offline scores). Prints the top class per step as JSON and, with --out, "
+                "plots the class probabilities over time. The detector must have been trained on features "
+                "of the same extractor.",
+            }[command],
+            formatter_class=formatter,
+        )
+        if command == "extract":
+            parser.add_argument("--video", type=Path, nargs="+", required=True, help="video files")
+            parser.add_argument("--out", type=Path, required=True, help="folder for the .npy features")
+        else:
+            parser.add_argument("--checkpoint", type=Path, required=True, help="folder written by oad train")
+            parser.add_argument("--video", type=Path, required=True, help="video file")
+            parser.add_argument("--out", type=Path, default=None, help="timeline figure (.png)")
+        parser.add_argument(
+            "--backbone", choices=["resnet18", "resnet50"], default="resnet18", help="2-D CNN"
+        )
+        parser.add_argument("--pretrained", type=Path, default=None, help="local ImageNet weights")
+        parser.add_argument("--size", type=int, default=112, help="frame crop size")
+        parser.add_argument("--fps", type=float, default=4.0, help="features per second")
+        parser.set_defaults(func=_oad_extract if command == "extract" else _oad_stream)
+
 
 def _oad_make_synthetic(args: argparse.Namespace) -> int:
     from papernotes.video.online.commands import make_synthetic_command
@@ -246,6 +281,21 @@ def _oad_train(args: argparse.Namespace) -> int:
     if "test" in info:
         print(f"test mAP {100 * info['test']['mAP']:.2f} %, mcAP {100 * info['test']['mcAP']:.2f} %")
     print(f"checkpoint: {info['out']}")
+    return 0
+
+
+def _oad_extract(args: argparse.Namespace) -> int:
+    from papernotes.video.online.commands import extract_command
+
+    print(json.dumps(extract_command(args), indent=2))
+    return 0
+
+
+def _oad_stream(args: argparse.Namespace) -> int:
+    from papernotes.video.online.commands import stream_command
+
+    info = stream_command(args)
+    print(json.dumps(info, indent=2))
     return 0
 
 

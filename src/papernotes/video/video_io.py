@@ -158,6 +158,22 @@ def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- encoding
 
 
+def video_fps(path: str | Path, default: float = 25.0) -> float:
+    """Frames per second stored in a video file (PyAV, then OpenCV); ``default`` if the file does not say."""
+    path = Path(path)
+    if av is not None:
+        with contextlib.suppress(Exception), av.open(str(path)) as container:
+            rate = container.streams.video[0].average_rate
+            if rate:
+                return float(rate)
+    capture = cv2.VideoCapture(str(path))
+    try:
+        fps = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else 0.0
+    finally:
+        capture.release()
+    return float(fps) if fps and fps > 0 else default
+
+
 def default_codec() -> str:
     """H.264 (libx264) when the installed PyAV has it, else MPEG-4 part 2; 'mp4v' for the OpenCV writer."""
     if av is None:

@@ -35,16 +35,18 @@ def make_synthetic_command(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def save_detector(model: torch.nn.Module, name: str, out: Path, extra: dict[str, Any]) -> None:
+def save_detector(
+    model: torch.nn.Module, name: str, out: Path, extra: dict[str, Any], class_names: list[str] | None = None
+) -> None:
     with atomic_write_dir(out) as tmp:
-        meta = {"name": name, "config": dataclasses.asdict(model.cfg)}
+        meta = {"name": name, "config": dataclasses.asdict(model.cfg), "class_names": class_names}
         (tmp / DETECTOR_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         save_weights(tmp / WEIGHTS_FILE, {k: v.detach().cpu() for k, v in model.state_dict().items()})
         for file, content in extra.items():
             (tmp / file).write_text(json.dumps(content, indent=2) + "\n")
 
 
-def load_detector(checkpoint: Path) -> tuple[torch.nn.Module, str]:
+def load_detector(checkpoint: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     meta_file, weights = checkpoint / DETECTOR_FILE, checkpoint / WEIGHTS_FILE
     if not meta_file.is_file() or not weights.is_file():
         raise CheckpointError(
@@ -63,7 +65,7 @@ def load_detector(checkpoint: Path) -> tuple[torch.nn.Module, str]:
                 f"{weights}: tensor {key} is {got}, the {meta['name']} model needs {tuple(tensor.shape)}"
             )
     model.load_state_dict(state)
-    return model.eval(), meta["name"]
+    return model.eval(), meta
 
 
 def _evaluate(model: torch.nn.Module, root: Path) -> dict[str, Any]:
@@ -124,7 +126,7 @@ def train_command(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.eval:
         summary["test"] = _evaluate(model.eval(), args.data)
-    save_detector(model, args.model, args.out, {"result.json": summary})
+    save_detector(model, args.model, args.out, {"result.json": summary}, class_names=info.class_names)
     summary["out"] = str(args.out)
     return summary
 
@@ -137,3 +139,70 @@ def eval_command(args: argparse.Namespace) -> dict[str, Any]:
         with atomic_write_file(args.out) as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def extract_command(args: argparse.Namespace) -> dict[str, Any]:
+    """``papernotes oad extract``: chunk features (T, D) of each video, one ``<stem>.npy`` per video."""
+    import numpy as np
+
+    from papernotes.video.online.extract import ChunkFeatureExtractor, ExtractConfig
+
+    extractor = ChunkFeatureExtractor(ExtractConfig(args.backbone, args.pretrained, args.size, args.fps))
+    written = {}
+    for video in args.video:
+        features = extractor.extract(video)
+        with atomic_write_file(args.out / f"{video.stem}.npy") as tmp, tmp.open("wb") as handle:
+            np.save(handle, features)
+        written[str(video)] = list(features.shape)
+    return {"out": str(args.out), "features": written, "fps": args.fps, "backbone": args.backbone}
+
+
+def stream_command(args: argparse.Namespace) -> dict[str, Any]:
+    """``papernotes oad stream``: features on the fly, the detector's scores step by step, a timeline."""
+    from papernotes.video.online.extract import ChunkFeatureExtractor, ExtractConfig
+
+    model, meta = load_detector(args.checkpoint)
+    extractor = ChunkFeatureExtractor(ExtractConfig(args.backbone, args.pretrained, args.size, args.fps))
+    if extractor.dim != model.cfg.feature_dim:
+        raise ConfigError(
+            f"the {args.backbone} extractor gives {extractor.dim}-dim features, the detector in "
+            f"{args.checkpoint} expects {model.cfg.feature_dim}: train it on features from the same "
+            "extractor (papernotes oad extract)"
+        )
+    names = meta.get("class_names") or [str(i) for i in range(model.cfg.num_classes)]
+    stream = model.stream()
+    times, probabilities = [], []
+    for seconds, feature in extractor.chunks(args.video):
+        probabilities.append(torch.softmax(stream.step(feature), dim=-1))
+        times.append(seconds)
+    probs = torch.stack(probabilities)  # (T, C+1)
+    rows = [
+        {"t": round(t, 3), "class": names[int(p.argmax())], "p": round(float(p.max()), 4)}
+        for t, p in zip(times, probs)
+    ]
+    summary: dict[str, Any] = {"video": str(args.video), "steps": len(rows), "frames": rows}
+    if args.out is not None:
+        summary["figure"] = str(plot_timeline(times, probs, names, args.out, title=args.video.name))
+    return summary
+
+
+def plot_timeline(
+    times: list[float], probs: torch.Tensor, names: list[str], path: Path, title: str = ""
+) -> Path:
+    """Per-class probability over time (the classes that ever reach 0.2), written atomically."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.2))
+    ax = fig.subplots()
+    shown = [c for c in range(probs.shape[1]) if probs[:, c].max() >= 0.2] or [int(probs.mean(0).argmax())]
+    for c in shown:
+        ax.plot(times, probs[:, c].numpy(), label=names[c])
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"online action probabilities: {title}")
+    ax.legend(fontsize=7, loc="upper right", ncol=2)
+    fig.tight_layout()
+    with atomic_write_file(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=100)
+    return path
