@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from papernotes.errors import CheckpointError, ShapeMismatchError
+from papernotes.errors import CheckpointError, ConfigError, ShapeMismatchError
 
 WEIGHTS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -101,6 +101,13 @@ def atomic_write_dir(path: str | Path) -> Iterator[Path]:
     _fsync_path(path.parent)
     if backup.exists():
         shutil.rmtree(backup)
+
+
+def refuse_non_empty(path: str | Path, overwrite: bool, flag: str = "--out") -> None:
+    """A command's output folder must be new or empty unless the user asked to replace it."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise ConfigError(f"{flag} {path} exists and is not empty; pass --overwrite to replace it")
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ summaries.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from pathlib import Path
 
@@ -264,13 +265,6 @@ def add_oad_commands(
         parser.set_defaults(func=_oad_extract if command == "extract" else _oad_stream)
 
 
-def _oad_make_synthetic(args: argparse.Namespace) -> int:
-    from papernotes.video.online.commands import make_synthetic_command
-
-    print(json.dumps(make_synthetic_command(args), indent=2))
-    return 0
-
-
 def _oad_train(args: argparse.Namespace) -> int:
     from papernotes.video.online.commands import train_command
 
@@ -281,36 +275,6 @@ def _oad_train(args: argparse.Namespace) -> int:
     if "test" in info:
         print(f"test mAP {100 * info['test']['mAP']:.2f} %, mcAP {100 * info['test']['mcAP']:.2f} %")
     print(f"checkpoint: {info['out']}")
-    return 0
-
-
-def _oad_extract(args: argparse.Namespace) -> int:
-    from papernotes.video.online.commands import extract_command
-
-    print(json.dumps(extract_command(args), indent=2))
-    return 0
-
-
-def _oad_stream(args: argparse.Namespace) -> int:
-    from papernotes.video.online.commands import stream_command
-
-    info = stream_command(args)
-    print(json.dumps(info, indent=2))
-    return 0
-
-
-def _oad_eval(args: argparse.Namespace) -> int:
-    from papernotes.video.online.commands import eval_command
-
-    print(json.dumps(eval_command(args), indent=2))
-    return 0
-
-
-def _video_make_synthetic(args: argparse.Namespace) -> int:
-    from papernotes.video.commands import make_synthetic_command
-
-    info = make_synthetic_command(args)
-    print(json.dumps(info, indent=2, default=str))
     return 0
 
 
@@ -343,9 +307,22 @@ def _video_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _video_flow(args: argparse.Namespace) -> int:
-    from papernotes.video.commands import flow_command
+def _print_json(module: str, function: str):
+    """A handler that runs ``module.function(args)`` (imported when called: the CLI starts fast) and prints
+    its JSON summary."""
 
-    info = flow_command(args)
-    print(json.dumps(info, indent=2, default=str))
-    return 0
+    def handler(args: argparse.Namespace) -> int:
+        summary = getattr(importlib.import_module(module), function)(args)
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+
+    return handler
+
+
+_VIDEO, _OAD = "papernotes.video.commands", "papernotes.video.online.commands"
+_video_make_synthetic = _print_json(_VIDEO, "make_synthetic_command")
+_video_flow = _print_json(_VIDEO, "flow_command")
+_oad_make_synthetic = _print_json(_OAD, "make_synthetic_command")
+_oad_extract = _print_json(_OAD, "extract_command")
+_oad_stream = _print_json(_OAD, "stream_command")
+_oad_eval = _print_json(_OAD, "eval_command")

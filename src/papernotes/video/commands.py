@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from papernotes.core.checkpoint import refuse_non_empty
 from papernotes.errors import ConfigError, DataError
 from papernotes.video.flow import extract_flow_list
 from papernotes.video.synthetic import make_synthetic
@@ -94,8 +95,7 @@ def train_command(args: argparse.Namespace) -> dict[str, Any]:
         save_recognizer,
     )
 
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise ConfigError(f"--out {args.out} exists and is not empty; pass --overwrite to replace it")
+    refuse_non_empty(args.out, args.overwrite)
     list_format(args.train_list)  # a clear error for a missing or malformed list before building anything
     num_classes = _num_classes(args.train_list, args.num_classes)
     torch.manual_seed(args.seed)

@@ -10,7 +10,13 @@ from typing import Any
 
 import torch
 
-from papernotes.core.checkpoint import atomic_write_dir, atomic_write_file, load_weights, save_weights
+from papernotes.core.checkpoint import (
+    atomic_write_dir,
+    atomic_write_file,
+    load_weights,
+    refuse_non_empty,
+    save_weights,
+)
 from papernotes.errors import CheckpointError, ConfigError
 from papernotes.video.online.detectors import build_detector
 
@@ -23,8 +29,7 @@ def make_synthetic_command(args: argparse.Namespace) -> dict[str, Any]:
     from papernotes.video.online.synthetic_streams import PRESETS, write_synthetic_streams
 
     cfg = dataclasses.replace(PRESETS[args.preset], seed=args.seed)
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise ConfigError(f"--out {args.out} exists and is not empty; pass --overwrite to replace it")
+    refuse_non_empty(args.out, args.overwrite)
     info = write_synthetic_streams(args.out, cfg)
     return {
         "out": str(args.out),
@@ -102,8 +107,7 @@ def train_command(args: argparse.Namespace) -> dict[str, Any]:
     from papernotes.video.online.features import load_sessions
     from papernotes.video.online.train import ChunkBatches, detector_loss, labels_of
 
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise ConfigError(f"--out {args.out} exists and is not empty; pass --overwrite to replace it")
+    refuse_non_empty(args.out, args.overwrite)
     sessions, info = load_sessions(args.data, "train")
     torch.manual_seed(args.seed)
     model = build_detector(
