@@ -52,8 +52,8 @@ class ChunkFeatureExtractor:
     def chunks(self, path: str | Path) -> Iterator[tuple[float, torch.Tensor]]:
         """(time in seconds of the chunk's end, feature (D,)) for each chunk of the video, in order."""
         frames = read_video(path)  # (N, H, W, 3)
-        step = max(1, round(video_fps(path) / self.cfg.fps))
         source_fps = video_fps(path)
+        step = max(1, round(source_fps / self.cfg.fps))  # frames per chunk
         for start in range(0, len(frames), step):
             chunk = frames[start : start + step]
             yield (start + len(chunk)) / source_fps, self.chunk_feature(chunk)

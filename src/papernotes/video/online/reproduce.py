@@ -29,6 +29,7 @@ from papernotes.metrics.online_detection import calibrated_map, per_frame_map
 from papernotes.video.online.detectors import build_detector
 from papernotes.video.online.stream import stream_scores
 from papernotes.video.online.synthetic_streams import PRESETS as STREAM_PRESETS
+from papernotes.video.online.synthetic_streams import generate_streams
 from papernotes.video.online.train import (
     ChunkBatches,
     detector_loss,
@@ -84,8 +85,6 @@ ONLINE_SIZES: dict[str, dict[str, Any]] = {
 
 def run_online_detection(ctx: ExperimentContext) -> ExperimentResult:
     size = ONLINE_SIZES[ctx.size]
-    from papernotes.video.online.synthetic_streams import generate_streams
-
     cfg = dataclasses.replace(STREAM_PRESETS["default"], seed=ctx.seed, **size["streams"])
     train_sessions, test_sessions, info = generate_streams(cfg)
     ignore = info.ignore_index
