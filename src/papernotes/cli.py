@@ -31,6 +31,7 @@ EPILOG = """fields and their commands:
   oad make-synthetic write embedded untrimmed feature streams in the THUMOS'14 layout
   oad train          train an online action detector (OadTR, TRN, IDN, TCN, per-frame MLP)
   oad eval           per-frame mAP and calibrated mAP of a detector on the test sessions
+  seg eval           PA, MPA, mIoU, FWIoU, Dice of predicted vs ground-truth PNG label maps
 
 run 'papernotes COMMAND --help' for a command's options and defaults."""
 
@@ -268,7 +269,39 @@ def build_parser() -> argparse.ArgumentParser:
     ft.set_defaults(func=_llm_finetune)
     add_video_commands(sub, common, _Formatter)
     add_oad_commands(sub, common, _Formatter)
+    _add_seg_commands(sub, common)
     return parser
+
+
+def _add_seg_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    seg = sub.add_parser("seg", parents=[common], help="Segmentation metrics", formatter_class=_Formatter)
+    seg_sub = seg.add_subparsers(dest="seg_command", metavar="COMMAND", required=True)
+    ev = seg_sub.add_parser(
+        "eval",
+        parents=[common],
+        help="PA, MPA, mIoU, FWIoU and Dice of PNG label maps",
+        description="Pair predicted and ground-truth PNG label maps by file name, accumulate one confusion "
+        "matrix over all pixels (ground-truth pixels at --ignore-index are dropped from both maps), and "
+        "print "
+        "per-class IoU / accuracy / Dice with PA, MPA, mIoU and FWIoU. With --out: metrics.json, iou.png and "
+        "confusion.png.",
+        formatter_class=_Formatter,
+    )
+    ev.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps (.png)")
+    ev.add_argument("--gt", type=Path, required=True, help="folder of ground-truth label maps (.png)")
+    ev.add_argument("--num-classes", type=int, required=True, help="number of classes C (labels 0..C-1)")
+    ev.add_argument("--ignore-index", type=int, default=255, help="ground-truth label that is not scored")
+    ev.add_argument("--class-names", type=Path, default=None, help="text file, one class name per line")
+    ev.add_argument("--out", type=Path, default=None, help="folder for metrics.json and the figures")
+    ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ev.set_defaults(func=_seg_eval)
+
+
+def _seg_eval(args: argparse.Namespace) -> int:
+    from papernotes.seg_commands import eval_command, table
+
+    print(table(eval_command(args)))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
