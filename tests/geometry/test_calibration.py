@@ -1,0 +1,63 @@
+"""Intrinsic calibration on rendered chessboard views with known K and distortion."""
+
+import numpy as np
+import pytest
+
+from papernotes.errors import ConfigError, DataError
+from papernotes.geometry.calibration import (
+    calibrate_camera,
+    detect_chessboard,
+    load_calibration,
+    save_calibration,
+)
+from papernotes.geometry.synthetic_board import random_poses, render_view
+
+K = np.array([[800.0, 0, 320], [0, 800.0, 240], [0, 0, 1]])
+DIST = np.array([-0.12, 0.08, 0.0, 0.0, 0.0])
+PATTERN, SQUARE, SIZE = (9, 6), 0.025, (640, 480)
+
+
+@pytest.fixture(scope="module")
+def views():
+    return [render_view(K, DIST, r, t, PATTERN, SQUARE, SIZE) for r, t in random_poses(8, PATTERN, SQUARE)]
+
+
+def test_detected_corners_match_the_rendered_truth(views):
+    for view in views[:3]:
+        corners = detect_chessboard(view.image, PATTERN)
+        # the 9x6 board is symmetric under a half turn: OpenCV may start from either end
+        error = min(np.abs(corners - view.corners).max(), np.abs(corners[::-1] - view.corners).max())
+        assert error < 0.5
+    assert detect_chessboard(np.full((480, 640), 200, np.uint8), PATTERN) is None
+    with pytest.raises(ConfigError, match="pattern must be"):
+        detect_chessboard(views[0].image, (1, 6))
+
+
+def test_calibration_recovers_k_and_distortion_and_skips_a_view_without_a_board(views, tmp_path):
+    images = [v.image for v in views] + [np.full((480, 640), 128, np.uint8)]
+    names = [f"v{i}.png" for i in range(len(images))]
+    calib = calibrate_camera(images, PATTERN, SQUARE, names=names)
+    assert calib.excluded == {"v8.png": "no 9x6 board found"}
+    assert abs(calib.K[0, 0] / 800 - 1) < 0.005 and abs(calib.K[1, 1] / 800 - 1) < 0.005
+    assert np.hypot(calib.K[0, 2] - 320, calib.K[1, 2] - 240) < 2.0
+    assert abs(calib.dist[0] - DIST[0]) < 0.02 and calib.rms < 0.3
+    assert set(calib.view_errors) == set(names[:8])
+    path = save_calibration(calib, tmp_path / "cam.yaml")
+    loaded = load_calibration(path)
+    np.testing.assert_allclose(loaded.K, calib.K)
+    np.testing.assert_allclose(loaded.dist, calib.dist)
+    assert loaded.image_size == SIZE and "camera_matrix" in path.read_text()
+
+
+def test_too_few_views_and_mixed_sizes_are_clear_errors(views):
+    blank = np.full((480, 640), 128, np.uint8)
+    with pytest.raises(DataError, match=r"only 2 usable views .*\['c.png'\]"):
+        calibrate_camera(
+            [views[0].image, views[1].image, blank], PATTERN, SQUARE, names=["a.png", "b.png", "c.png"]
+        )
+    with pytest.raises(DataError, match=r"b.png: image size \(320, 240\) differs"):
+        calibrate_camera(
+            [views[0].image, views[1].image[:240, :320]], PATTERN, SQUARE, names=["a.png", "b.png"]
+        )
+    with pytest.raises(DataError, match="cannot read image"):
+        calibrate_camera(["/nonexistent.png"], PATTERN, SQUARE)
