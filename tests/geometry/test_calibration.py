@@ -61,3 +61,31 @@ def test_too_few_views_and_mixed_sizes_are_clear_errors(views):
         )
     with pytest.raises(DataError, match="cannot read image"):
         calibrate_camera(["/nonexistent.png"], PATTERN, SQUARE)
+
+
+def test_stereo_extrinsics_are_recovered_and_the_mosaic_splits():
+    import cv2
+
+    from papernotes.geometry.calibration import calibrate_stereo, split_mosaic
+
+    r_rel = np.array([0.0, np.deg2rad(5), 0.0])
+    R_rel = cv2.Rodrigues(r_rel)[0]
+    T_rel = np.array([-0.10, 0.0, 0.0])  # 10 cm baseline
+    left, right = [], []
+    for r1, t1 in random_poses(8, PATTERN, SQUARE, seed=3):
+        R1 = cv2.Rodrigues(r1)[0]
+        left.append(render_view(K, DIST, r1, t1, PATTERN, SQUARE, SIZE).image)
+        r2 = cv2.Rodrigues(R_rel @ R1)[0].reshape(-1)
+        right.append(render_view(K, DIST, r2, R_rel @ t1 + T_rel, PATTERN, SQUARE, SIZE).image)
+    calib_l = calibrate_camera(left, PATTERN, SQUARE)
+    calib_r = calibrate_camera(right, PATTERN, SQUARE)
+    stereo = calibrate_stereo(calib_l, calib_r, left, right, PATTERN, SQUARE)
+    angle = np.rad2deg(np.linalg.norm(cv2.Rodrigues(stereo.R @ R_rel.T)[0]))
+    # measured: 0.19 degrees and 0.26 mm with 8 views per camera (the goals, 0.1 degrees and
+    # 0.1 mm at this baseline, belong to the reproduce experiment, which is not built yet)
+    assert angle < 0.3 and np.linalg.norm(stereo.T - T_rel) < 0.001 and stereo.rms < 0.2
+    frame = np.arange(4 * 6 * 3).reshape(4, 6, 3)
+    tiles = split_mosaic(frame)
+    assert [t.shape for t in tiles] == [(2, 3, 3)] * 4 and np.array_equal(tiles[3], frame[2:, 3:])
+    with pytest.raises(DataError, match="does not split evenly"):
+        split_mosaic(frame[:3])

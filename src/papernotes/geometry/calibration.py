@@ -155,3 +155,92 @@ def load_calibration(path: str | Path) -> CameraCalibration:
     if K is None or dist is None or size is None:
         raise DataError(f"{path}: expected camera_matrix, dist_coeffs and image_size")
     return CameraCalibration(K, dist.reshape(-1), tuple(int(v) for v in size.reshape(-1)), float(rms))
+
+
+@dataclass
+class StereoCalibration:
+    R: np.ndarray  # (3, 3) rotation from camera 1's frame to camera 2's
+    T: np.ndarray  # (3,) translation, same unit as ``square``
+    E: np.ndarray  # essential matrix
+    F: np.ndarray  # fundamental matrix
+    rms: float
+    pairs: list[str]  # the synchronised view pairs used
+    excluded: dict[str, str]
+
+
+def calibrate_stereo(
+    left: CameraCalibration,
+    right: CameraCalibration,
+    left_images: Sequence[np.ndarray],
+    right_images: Sequence[np.ndarray],
+    pattern: tuple[int, int],
+    square: float,
+    names: Sequence[str] | None = None,
+) -> StereoCalibration:
+    """Extrinsics of a synchronised pair with the intrinsics fixed (``cv2.stereoCalibrate``).
+
+    Only pairs where both views show the board count. The board's corner order is made the same in both
+    views (a half-turn-symmetric board may be detected from either end).
+    """
+    if len(left_images) != len(right_images):
+        raise DataError(
+            f"{len(left_images)} left views but {len(right_images)} right views: they must be synchronised"
+        )
+    names = list(names) if names is not None else [f"pair{i}" for i in range(len(left_images))]
+    object_points = board_points(pattern, square)
+    used, excluded, pts1, pts2 = [], {}, [], []
+    for name, a, b in zip(names, left_images, right_images):
+        c1, c2 = detect_chessboard(a, pattern), detect_chessboard(b, pattern)
+        if c1 is None or c2 is None:
+            excluded[name] = "board not found in " + (
+                "both views" if c1 is None and c2 is None else "one view"
+            )
+            continue
+        c2 = _same_order(c1, c2, object_points, left, right)
+        used.append(name)
+        pts1.append(c1)
+        pts2.append(c2)
+    if len(used) < MIN_VIEWS:
+        raise DataError(
+            f"only {len(used)} usable pairs (need {MIN_VIEWS}); excluded: {sorted(excluded)[:10]}"
+        )
+    rms, _, _, _, _, R, T, E, F = cv2.stereoCalibrate(
+        [object_points] * len(used),
+        pts1,
+        pts2,
+        left.K,
+        left.dist,
+        right.K,
+        right.dist,
+        left.image_size,
+        flags=cv2.CALIB_FIX_INTRINSIC,
+    )
+    return StereoCalibration(R, T.reshape(-1), E, F, float(rms), used, excluded)
+
+
+def _same_order(c1, c2, object_points, left: CameraCalibration, right: CameraCalibration) -> np.ndarray:
+    """``c2`` in the order that puts board corner 0 at the same physical corner as in ``c1``.
+
+    The board's x axis is solved in each camera's frame for both orders of ``c2``; the order whose axis
+    points most nearly the same way as in the left view wins. This holds for cameras whose optical axes
+    differ by less than 90 degrees, as in a stereo pair or a forward-facing rig.
+    """
+    _, r1, _ = cv2.solvePnP(object_points, c1, left.K, left.dist)
+    axis1 = cv2.Rodrigues(r1)[0][:, 0]
+    best, score = c2, -np.inf
+    for candidate in (c2, c2[::-1].copy()):
+        _, r2, _ = cv2.solvePnP(object_points, candidate, right.K, right.dist)
+        agreement = float(cv2.Rodrigues(r2)[0][:, 0] @ axis1)
+        if agreement > score:
+            best, score = candidate, agreement
+    return best
+
+
+def split_mosaic(frame: np.ndarray, layout: tuple[int, int] = (2, 2)) -> list[np.ndarray]:
+    """A recorder frame holding a rows x cols grid of cameras -> the per-camera images, row by row."""
+    rows, cols = layout
+    height, width = frame.shape[:2]
+    if rows < 1 or cols < 1 or height % rows or width % cols:
+        raise DataError(f"a {height}x{width} frame does not split evenly into a {rows}x{cols} mosaic")
+    h, w = height // rows, width // cols
+    return [frame[r * h : (r + 1) * h, c * w : (c + 1) * w].copy() for r in range(rows) for c in range(cols)]
