@@ -96,3 +96,18 @@ def test_extract_and_stream_a_real_encoded_video(tmp_path, synthetic_dir, capsys
     save_detector(model16, "mlp", tmp_path / "small", {})
     assert main(["oad", "stream", "--checkpoint", str(tmp_path / "small"), "--video", str(video)]) == 2
     assert "gives 512-dim features" in capsys.readouterr().err
+
+
+def test_a_checkpoint_that_does_not_fit_its_config_names_the_tensor(tmp_path):
+    import pytest
+
+    from papernotes.errors import ShapeMismatchError
+    from papernotes.video.online.commands import load_detector, save_detector
+    from papernotes.video.online.detectors import build_detector
+
+    save_detector(build_detector("mlp", "tiny"), "mlp", tmp_path / "det", {})
+    meta = json.loads((tmp_path / "det" / "detector.json").read_text())
+    meta["config"]["hidden"] = 16
+    (tmp_path / "det" / "detector.json").write_text(json.dumps(meta))
+    with pytest.raises(ShapeMismatchError, match=r"tensor net.0.weight has shape \(32, 16\)"):
+        load_detector(tmp_path / "det")

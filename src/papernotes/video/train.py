@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from papernotes.core.checkpoint import atomic_write_dir, load_weights, save_weights
+from papernotes.core.checkpoint import atomic_write_dir, check_state_dict, load_weights, save_weights
 from papernotes.core.train import Batch
 from papernotes.errors import CheckpointError, ConfigError, DataError
 from papernotes.video.data import RawFrameDataset, VideoDataset
@@ -330,15 +330,6 @@ def load_recognizer(checkpoint_dir: str | Path) -> tuple[nn.Module, dict[str, An
         raise CheckpointError(f"{meta_file}: not valid JSON ({exc})") from exc
     model = build_recognizer(meta["name"], meta["num_classes"], meta["num_segments"], meta["backbone"])
     state = load_weights(weights_file)
-    expected = model.state_dict()
-    if set(state) != set(expected):
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        raise CheckpointError(f"{weights_file}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise CheckpointError(
-                f"{weights_file}: tensor {name} has shape {tuple(tensor.shape)}, "
-                f"the {meta['name']} model needs {tuple(expected[name].shape)}"
-            )
+    check_state_dict(model.state_dict(), state, weights_file, f"a {meta['name']} recognizer")
     model.load_state_dict(state)
     return model, meta

@@ -13,6 +13,7 @@ import torch
 from papernotes.core.checkpoint import (
     atomic_write_dir,
     atomic_write_file,
+    check_state_dict,
     load_weights,
     refuse_non_empty,
     save_weights,
@@ -62,13 +63,7 @@ def load_detector(checkpoint: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
     model = build_detector(meta["name"], **config)
     state = load_weights(weights)
-    expected = model.state_dict()
-    for key, tensor in expected.items():
-        if key not in state or state[key].shape != tensor.shape:
-            got = tuple(state[key].shape) if key in state else "missing"
-            raise CheckpointError(
-                f"{weights}: tensor {key} is {got}, the {meta['name']} model needs {tuple(tensor.shape)}"
-            )
+    check_state_dict(model.state_dict(), state, weights, f"a {meta['name']} detector")
     model.load_state_dict(state)
     return model.eval(), meta
 
