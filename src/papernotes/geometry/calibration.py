@@ -1,4 +1,4 @@
-"""Camera calibration from chessboard views: corner detection, intrinsics, and OpenCV YAML files.
+"""Camera calibration from chessboard views: corner detection and intrinsics.
 
 Zhang 2000, "A Flexible New Technique for Camera Calibration", IEEE TPAMI 22(11): closed-form initialisation
 from plane homographies, then Levenberg-Marquardt on the reprojection error, as ``cv2.calibrateCamera``
@@ -8,8 +8,10 @@ implements it with the Brown-Conrady distortion model (k1, k2, p1, p2, k3).
   classic detector refined with ``cornerSubPix``.
 * :func:`calibrate_camera`: views without a board are excluded and listed, never fatal; optionally views
   whose RMS reprojection error exceeds ``max_view_error`` px are rejected and the camera re-calibrated.
-* :func:`save_calibration` / :func:`load_calibration`: OpenCV FileStorage YAML (``camera_matrix``,
-  ``dist_coeffs``, ``image_size``, ``rms``), readable by any OpenCV program.
+* :func:`calibrate_from_corners`: the same from corners found elsewhere (the rig detects once for both).
+
+Stereo pairs are in :mod:`~papernotes.geometry.stereo`, rigs in :mod:`~papernotes.geometry.rig`, files in
+:mod:`~papernotes.geometry.calibration_io`.
 """
 
 from __future__ import annotations
@@ -62,7 +64,67 @@ def detect_chessboard(
         if found:
             criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 50, 1e-3)
             corners = cv2.cornerSubPix(grey, corners, (5, 5), (-1, -1), criteria)
-    return corners.reshape(-1, 2).astype(np.float32) if found else None
+    if not found:
+        return None
+    corners = corners.reshape(-1, 2).astype(np.float32)
+    if not board_is_whole(grey, corners, pattern):
+        return None  # a grid shifted by one square onto the board's edge: a consistent but wrong pose
+    return canonical_order(corners, pattern)
+
+
+def board_is_whole(grey: np.ndarray, corners: np.ndarray, pattern: tuple[int, int]) -> bool:
+    """Whether the squares just outside the detected grid alternate in colour as a chessboard's outer
+    ring must.
+
+    When the board runs off the image, a detector can lock onto a grid shifted by one square, whose
+    outer "corners" are where the board's edge squares meet the white margin. That view is self-consistent
+    (calibrateCamera just moves the board), but in a rig it contradicts the other cameras. Its outer ring
+    on the far side is the plain margin, so it fails this test. Ring squares outside the image are not
+    judged.
+    """
+    cols, rows = pattern
+    grid = np.mgrid[0:cols, 0:rows].T.reshape(-1, 2).astype(np.float32)  # (i, j) of each corner
+    H, _ = cv2.findHomography(grid, corners)
+    if H is None:
+        return False
+
+    def sample(points):  # (P, 2) board coordinates -> intensities (NaN outside the image)
+        pixels = cv2.perspectiveTransform(points.reshape(-1, 1, 2).astype(np.float32), H).reshape(-1, 2)
+        x, y = np.round(pixels).astype(int).T
+        inside = (x >= 0) & (x < grey.shape[1]) & (y >= 0) & (y < grey.shape[0])
+        values = np.full(len(points), np.nan)
+        values[inside] = smooth[y[inside], x[inside]]
+        return values
+
+    smooth = cv2.GaussianBlur(grey, (0, 0), 1.5).astype(np.float64)
+    inner = np.array([(i + 0.5, j + 0.5) for i in range(cols - 1) for j in range(rows - 1)])
+    sides = [[(i + 0.5, j) for i in range(-1, cols)] for j in (-0.5, rows - 0.5)]
+    sides += [[(i, j + 0.5) for j in range(-1, rows)] for i in (-0.5, cols - 0.5)]
+    parity = lambda pts: (np.floor(pts[:, 0]) + np.floor(pts[:, 1])) % 2  # noqa: E731
+    values, inner_parity = sample(inner), parity(inner)
+    dark, light = values[inner_parity == 0].mean(), values[inner_parity == 1].mean()
+    for side in map(np.array, sides):  # every side of the ring must look like a chessboard's
+        side_values = sample(side)
+        judged = ~np.isnan(side_values)
+        if judged.sum() < 2:
+            continue
+        looks_light = np.abs(side_values[judged] - light) < np.abs(side_values[judged] - dark)
+        if np.mean(looks_light == (parity(side)[judged] == 1)) < 0.8:
+            return False
+    return True
+
+
+def canonical_order(corners: np.ndarray, pattern: tuple[int, int]) -> np.ndarray:
+    """The corners ordered so that the board's first row runs left to right in the image.
+
+    A chessboard whose inner-corner grid looks the same after a half turn can be detected from either end,
+    which would give two cameras of a rig (or two views) opposite board frames. Reversing the order is that
+    half turn: it flips the direction of the first row, so fixing the direction fixes the board frame for
+    every upright camera. (Where the first row is near vertical in the image, it runs downwards.)
+    """
+    row = corners[pattern[0] - 1] - corners[0]  # image direction of the board's x axis
+    keep = row[0] > 0 if abs(row[0]) >= abs(row[1]) * 0.25 else row[1] > 0
+    return corners if keep else corners[::-1].copy()
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -85,7 +147,6 @@ def calibrate_camera(
         if names is not None
         else [str(x) if isinstance(x, (str, Path)) else f"view{i}" for i, x in enumerate(images)]
     )
-    object_points = board_points(pattern, square)
     found, excluded, size = {}, {}, None
     for name, item in zip(names, images):
         image = read_image(item) if isinstance(item, (str, Path)) else _grey(item, name)
@@ -101,13 +162,33 @@ def calibrate_camera(
             excluded[name] = f"no {pattern[0]}x{pattern[1]} board found"
         else:
             found[name] = corners
+    return calibrate_from_corners(found, pattern, square, size, max_view_error, excluded)
+
+
+def calibrate_from_corners(
+    found: dict[str, np.ndarray],
+    pattern: tuple[int, int],
+    square: float,
+    image_size: tuple[int, int],
+    max_view_error: float | None = None,
+    excluded: dict[str, str] | None = None,
+    fix_k3: bool = False,
+) -> CameraCalibration:
+    """Intrinsics from corners detected per view name (``cv2.calibrateCamera``); as calibrate_camera."""
+    found, excluded = dict(found), dict(excluded or {})
+    object_points = board_points(pattern, square)
     while True:
         if len(found) < MIN_VIEWS:
             raise DataError(
                 f"only {len(found)} usable views (need {MIN_VIEWS}); without a board: {sorted(excluded)[:10]}"
             )
         rms, K, dist, rvecs, tvecs = cv2.calibrateCamera(
-            [object_points] * len(found), list(found.values()), size, None, None
+            [object_points] * len(found),
+            list(found.values()),
+            image_size,
+            None,
+            None,
+            flags=cv2.CALIB_FIX_K3 if fix_k3 else 0,
         )
         errors = {}
         for (name, corners), r, t in zip(found.items(), rvecs, tvecs):
@@ -121,126 +202,5 @@ def calibrate_camera(
     for name, why in excluded.items():
         logger.info("calibration: %s excluded (%s)", name, why)
     return CameraCalibration(
-        K, dist.reshape(-1), size, float(rms), list(rvecs), list(tvecs), errors, excluded
+        K, dist.reshape(-1), image_size, float(rms), list(rvecs), list(tvecs), errors, excluded
     )
-
-
-def save_calibration(calibration: CameraCalibration, path: str | Path) -> Path:
-    """OpenCV FileStorage YAML: camera_matrix, dist_coeffs, image_size, rms."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.yaml")
-    storage = cv2.FileStorage(str(tmp), cv2.FILE_STORAGE_WRITE)
-    storage.write("camera_matrix", calibration.K)
-    storage.write("dist_coeffs", calibration.dist.reshape(1, -1))
-    storage.write("image_size", np.array(calibration.image_size, np.int32).reshape(1, 2))
-    storage.write("rms", calibration.rms)
-    storage.release()
-    tmp.replace(path)  # atomic: a reader never sees half a file
-    return path
-
-
-def load_calibration(path: str | Path) -> CameraCalibration:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"calibration file {path} does not exist")
-    storage = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
-    try:
-        K = storage.getNode("camera_matrix").mat()
-        dist = storage.getNode("dist_coeffs").mat()
-        size = storage.getNode("image_size").mat()
-        rms = storage.getNode("rms").real()
-    finally:
-        storage.release()
-    if K is None or dist is None or size is None:
-        raise DataError(f"{path}: expected camera_matrix, dist_coeffs and image_size")
-    return CameraCalibration(K, dist.reshape(-1), tuple(int(v) for v in size.reshape(-1)), float(rms))
-
-
-@dataclass
-class StereoCalibration:
-    R: np.ndarray  # (3, 3) rotation from camera 1's frame to camera 2's
-    T: np.ndarray  # (3,) translation, same unit as ``square``
-    E: np.ndarray  # essential matrix
-    F: np.ndarray  # fundamental matrix
-    rms: float
-    pairs: list[str]  # the synchronised view pairs used
-    excluded: dict[str, str]
-
-
-def calibrate_stereo(
-    left: CameraCalibration,
-    right: CameraCalibration,
-    left_images: Sequence[np.ndarray],
-    right_images: Sequence[np.ndarray],
-    pattern: tuple[int, int],
-    square: float,
-    names: Sequence[str] | None = None,
-) -> StereoCalibration:
-    """Extrinsics of a synchronised pair with the intrinsics fixed (``cv2.stereoCalibrate``).
-
-    Only pairs where both views show the board count. The board's corner order is made the same in both
-    views (a half-turn-symmetric board may be detected from either end).
-    """
-    if len(left_images) != len(right_images):
-        raise DataError(
-            f"{len(left_images)} left views but {len(right_images)} right views: they must be synchronised"
-        )
-    names = list(names) if names is not None else [f"pair{i}" for i in range(len(left_images))]
-    object_points = board_points(pattern, square)
-    used, excluded, pts1, pts2 = [], {}, [], []
-    for name, a, b in zip(names, left_images, right_images):
-        c1, c2 = detect_chessboard(a, pattern), detect_chessboard(b, pattern)
-        if c1 is None or c2 is None:
-            excluded[name] = "board not found in " + (
-                "both views" if c1 is None and c2 is None else "one view"
-            )
-            continue
-        c2 = _same_order(c1, c2, object_points, left, right)
-        used.append(name)
-        pts1.append(c1)
-        pts2.append(c2)
-    if len(used) < MIN_VIEWS:
-        raise DataError(
-            f"only {len(used)} usable pairs (need {MIN_VIEWS}); excluded: {sorted(excluded)[:10]}"
-        )
-    rms, _, _, _, _, R, T, E, F = cv2.stereoCalibrate(
-        [object_points] * len(used),
-        pts1,
-        pts2,
-        left.K,
-        left.dist,
-        right.K,
-        right.dist,
-        left.image_size,
-        flags=cv2.CALIB_FIX_INTRINSIC,
-    )
-    return StereoCalibration(R, T.reshape(-1), E, F, float(rms), used, excluded)
-
-
-def _same_order(c1, c2, object_points, left: CameraCalibration, right: CameraCalibration) -> np.ndarray:
-    """``c2`` in the order that puts board corner 0 at the same physical corner as in ``c1``.
-
-    The board's x axis is solved in each camera's frame for both orders of ``c2``; the order whose axis
-    points most nearly the same way as in the left view wins. This holds for cameras whose optical axes
-    differ by less than 90 degrees, as in a stereo pair or a forward-facing rig.
-    """
-    _, r1, _ = cv2.solvePnP(object_points, c1, left.K, left.dist)
-    axis1 = cv2.Rodrigues(r1)[0][:, 0]
-    best, score = c2, -np.inf
-    for candidate in (c2, c2[::-1].copy()):
-        _, r2, _ = cv2.solvePnP(object_points, candidate, right.K, right.dist)
-        agreement = float(cv2.Rodrigues(r2)[0][:, 0] @ axis1)
-        if agreement > score:
-            best, score = candidate, agreement
-    return best
-
-
-def split_mosaic(frame: np.ndarray, layout: tuple[int, int] = (2, 2)) -> list[np.ndarray]:
-    """A recorder frame holding a rows x cols grid of cameras -> the per-camera images, row by row."""
-    rows, cols = layout
-    height, width = frame.shape[:2]
-    if rows < 1 or cols < 1 or height % rows or width % cols:
-        raise DataError(f"a {height}x{width} frame does not split evenly into a {rows}x{cols} mosaic")
-    h, w = height // rows, width // cols
-    return [frame[r * h : (r + 1) * h, c * w : (c + 1) * w].copy() for r in range(rows) for c in range(cols)]

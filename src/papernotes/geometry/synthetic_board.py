@@ -28,6 +28,16 @@ class BoardView:
     tvec: np.ndarray  # (3,) board -> camera translation, metres
 
 
+def board_in_view(corners: np.ndarray, image_size: tuple[int, int], margin: float = 40.0) -> bool:
+    """Whether every inner corner lies at least ``margin`` pixels inside the image (room for the outer
+    squares, so that a detector sees the whole board)."""
+    width, height = image_size
+    x, y = corners[:, 0], corners[:, 1]
+    return bool(
+        x.min() >= margin and y.min() >= margin and x.max() < width - margin and y.max() < height - margin
+    )
+
+
 def board_points(pattern: tuple[int, int], square: float) -> np.ndarray:
     """Inner-corner coordinates (cols·rows, 3) on the board plane, in the order OpenCV detects them."""
     cols, rows = pattern
@@ -76,18 +86,72 @@ def render_view(
 
 
 def random_poses(
-    count: int, pattern: tuple[int, int], square: float, distance: float = 0.6, seed: int = 0
+    count: int,
+    pattern: tuple[int, int],
+    square: float,
+    distance: float = 0.6,
+    seed: int = 0,
+    offset: tuple[float, float] = (0.0, 0.0),
+    max_tilt: float = 0.5,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Board poses facing the camera, tilted up to about 30 degrees, centred near the optical axis."""
+    """Board poses facing the camera, tilted up to ``max_tilt`` radians about x and y and turned up to
+    0.3 rad in plane, centred near (x, y) = ``offset`` metres off the optical axis."""
     rng = np.random.default_rng(seed)
     cols, rows = pattern
     centre = np.array([(cols - 1) * square / 2, (rows - 1) * square / 2, 0.0])
     poses = []
     for _ in range(count):
-        rvec = np.array([rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), rng.uniform(-0.3, 0.3)])
+        tilt = rng.uniform(-max_tilt, max_tilt, 2)
+        rvec = np.array([tilt[0], tilt[1], rng.uniform(-0.3, 0.3)])
         R, _ = cv2.Rodrigues(rvec)
         target = np.array(
-            [rng.uniform(-0.06, 0.06), rng.uniform(-0.05, 0.05), distance * rng.uniform(0.85, 1.2)]
+            [
+                offset[0] + rng.uniform(-0.1, 0.1) * distance,
+                offset[1] + rng.uniform(-0.08, 0.08) * distance,
+                distance * rng.uniform(0.85, 1.2),
+            ]
         )
         poses.append((rvec, target - R @ centre))  # the board centre lands at `target`
     return poses
+
+
+def look_at(position, target) -> tuple[np.ndarray, np.ndarray]:
+    """(R, T) of an upright camera at ``position`` aimed at ``target``: X_cam = R X_world + T.
+
+    The world follows OpenCV's camera convention (x right, y down, z forward), so a camera at the origin
+    looking down +z has R = I.
+    """
+    position, target = np.asarray(position, float), np.asarray(target, float)
+    z = (target - position) / np.linalg.norm(target - position)
+    x = np.cross([0.0, 1.0, 0.0], z)  # image x: perpendicular to world "down" and the viewing direction
+    x /= np.linalg.norm(x)
+    R = np.stack([x, np.cross(z, x), z])  # rows: the camera's axes in world coordinates
+    return R, -R @ position
+
+
+def render_rig(
+    Ks: list[np.ndarray],
+    dists: list[np.ndarray],
+    Rs: list[np.ndarray],
+    Ts: list[np.ndarray],
+    board_poses: list[tuple[np.ndarray, np.ndarray]],
+    pattern: tuple[int, int],
+    square: float,
+    image_size: tuple[int, int],
+    noise: float = 2.0,
+    blur: float = 0.6,
+    seed: int = 0,
+) -> list[list[BoardView]]:
+    """Synchronised views [camera][frame] of boards posed in the world frame (X_world = R_b X_board + t_b)
+    by cameras with X_cam = R_c X_world + T_c."""
+    rng = np.random.default_rng(seed)
+    views = []
+    for K, dist, Rc, Tc in zip(Ks, dists, Rs, Ts):
+        row = []
+        for rvec, tvec in board_poses:
+            Rb = cv2.Rodrigues(np.asarray(rvec, np.float64))[0]
+            r_cam = cv2.Rodrigues(Rc @ Rb)[0].reshape(3)  # board -> camera: R_c R_b, R_c t_b + T_c
+            t_cam = Rc @ np.asarray(tvec, float).reshape(3) + np.asarray(Tc, float).reshape(3)
+            row.append(render_view(K, dist, r_cam, t_cam, pattern, square, image_size, noise, blur, rng))
+        views.append(row)
+    return views
