@@ -327,11 +327,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from papernotes.core.experiments import run_experiments, select
     from papernotes.core.report import summary
+    from papernotes.geometry.reproduce import EXPERIMENTS as GEOMETRY_EXPERIMENTS
     from papernotes.llm.reproduce import EXPERIMENTS as LLM_EXPERIMENTS
     from papernotes.video.online.reproduce import EXPERIMENTS as ONLINE_EXPERIMENTS
     from papernotes.video.reproduce import EXPERIMENTS as VIDEO_EXPERIMENTS
 
-    experiments = [*LLM_EXPERIMENTS, *VIDEO_EXPERIMENTS, *ONLINE_EXPERIMENTS]
+    experiments = [*LLM_EXPERIMENTS, *VIDEO_EXPERIMENTS, *ONLINE_EXPERIMENTS, *GEOMETRY_EXPERIMENTS]
     if args.list:
         for exp in experiments:
             print(f"{exp.name:28s} {exp.field:6s} {exp.description}")

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from papernotes.cli import main
+from papernotes.geometry import reproduce as geometry_reproduce
 from papernotes.llm import reproduce, reproduce_decoding, reproduce_peft
 from papernotes.llm.llama import Llama
 from papernotes.video import reproduce as video_reproduce
@@ -65,6 +66,7 @@ def tiny_sizes(monkeypatch):
     # the video experiment has its own test (tests/video/test_reproduce.py); here it only has to run
     monkeypatch.setitem(video_reproduce.VIDEO_SIZES, "quick", video_reproduce.VIDEO_SIZES["tiny"])
     monkeypatch.setitem(online_reproduce.ONLINE_SIZES, "quick", online_reproduce.ONLINE_SIZES["tiny"])
+    monkeypatch.setitem(geometry_reproduce.CALIB_SIZES, "quick", geometry_reproduce.CALIB_SIZES["tiny"])
 
 
 def _results(out):
@@ -79,6 +81,7 @@ def test_reproduce_llm_writes_report_figures_and_a_cached_hf_model(tiny_sizes, t
     run, results = _results(out)
     assert results["experiments"]["video-recognition"]["status"] == "ok"
     assert results["experiments"]["online-detection"]["status"] == "ok"
+    assert results["experiments"]["calibration"]["status"] == "ok"
     pre = results["experiments"]["llm-pretrain"]
     assert pre["status"] == "ok", pre.get("traceback")
     assert set(pre["metrics"]["runs"]) == {"fp32", "bf16", "fp16"}
