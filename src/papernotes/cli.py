@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from papernotes.errors import PapernotesError
+from papernotes.geometry.cli import add_calib_commands
 from papernotes.video.cli import add_oad_commands, add_video_commands
 
 EPILOG = """fields and their commands:
@@ -32,6 +33,10 @@ EPILOG = """fields and their commands:
   oad train          train an online action detector (OadTR, TRN, IDN, TCN, per-frame MLP)
   oad eval           per-frame mAP and calibrated mAP of a detector on the test sessions
   seg eval           PA, MPA, mIoU, FWIoU, Dice of predicted vs ground-truth PNG label maps
+  calib split        split four-way (mosaic) recorder frames into per-camera image folders
+  calib intrinsics   one camera's K and distortion from chessboard images
+  calib stereo       a synchronised pair's R, T, E, F and rectification
+  calib rig          every camera's pose relative to a reference camera
 
 run 'papernotes COMMAND --help' for a command's options and defaults."""
 
@@ -270,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_video_commands(sub, common, _Formatter)
     add_oad_commands(sub, common, _Formatter)
     _add_seg_commands(sub, common)
+    add_calib_commands(sub, common, _Formatter)
     return parser
 
 

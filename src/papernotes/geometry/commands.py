@@ -1,0 +1,214 @@
+"""What ``papernotes calib split|intrinsics|stereo|rig`` do: read folders, calibrate, write a report.
+
+Every command writes the calibration (YAML or JSON by suffix) atomically and, with ``--report DIR``, a
+``report.json`` of per-view and per-camera reprojection errors plus a preview image: the first usable view
+undistorted (intrinsics), the first pair rectified with guide rows (stereo), or the camera poses (rig).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from papernotes.core.checkpoint import atomic_write_file
+from papernotes.errors import ConfigError, DataError
+from papernotes.geometry.calibration import (
+    CameraCalibration,
+    calibrate_from_corners,
+    detect_chessboard,
+    read_image,
+)
+from papernotes.geometry.calibration_io import load_calibration, save_calibration
+from papernotes.geometry.mosaic import image_files, split_recording
+from papernotes.geometry.rig import calibrate_rig
+from papernotes.geometry.stereo import calibrate_stereo, rectify_images
+
+
+def parse_pattern(text: str) -> tuple[int, int]:
+    """'9x6' -> (9, 6): inner corners per row and per column."""
+    try:
+        cols, rows = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--pattern: expected COLSxROWS inner corners such as 9x6, got {text!r}") from None
+    if cols < 2 or rows < 2:
+        raise ConfigError(f"--pattern: need at least 2x2 inner corners, got {text!r}")
+    return cols, rows
+
+
+def _images(folder: Path) -> tuple[list[str], list[np.ndarray]]:
+    files = image_files(folder)
+    return [p.name for p in files], [read_image(p) for p in files]
+
+
+def _write_report(report_dir: Path | None, report: dict[str, Any], preview: np.ndarray | None) -> None:
+    if report_dir is None:
+        return
+    report_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write_file(report_dir / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    if preview is not None:
+        _, encoded = cv2.imencode(".png", preview)
+        with atomic_write_file(report_dir / "preview.png") as tmp:
+            tmp.write_bytes(encoded.tobytes())
+
+
+def split_command(args: argparse.Namespace) -> list[Path]:
+    layout = _layout(args.layout)
+    return split_recording(args.source, args.out, layout, args.every, progress=not args.no_progress)
+
+
+def _layout(text: str) -> tuple[int, int]:
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--layout: expected ROWSxCOLS such as 2x2, got {text!r}") from None
+    return rows, cols
+
+
+def intrinsics_command(args: argparse.Namespace) -> CameraCalibration:
+    pattern = parse_pattern(args.pattern)
+    names, images = _images(args.images)
+    sizes = {(im.shape[1], im.shape[0]) for im in images}
+    if len(sizes) > 1:
+        raise DataError(
+            f"{args.images}: images differ in size {sorted(sizes)}; one camera's views must match"
+        )
+    found, excluded = {}, {}
+    for name, image in tqdm(list(zip(names, images)), desc="detect", unit="image", disable=args.no_progress):
+        corners = detect_chessboard(image, pattern)
+        if corners is None:
+            excluded[name] = f"no {args.pattern} board found"
+        else:
+            found[name] = corners
+    calib = calibrate_from_corners(
+        found, pattern, args.square, sizes.pop(), args.max_view_error, excluded, fix_k3=args.fix_k3
+    )
+    save_calibration(calib, args.out)
+    first = next(n for n in names if n in calib.view_errors)
+    undistorted = cv2.undistort(images[names.index(first)], calib.K, calib.dist)
+    preview = np.hstack([images[names.index(first)], undistorted])
+    report = {
+        "rms_px": calib.rms,
+        "view_errors_px": calib.view_errors,
+        "excluded": calib.excluded,
+        "camera_matrix": calib.K.tolist(),
+        "dist_coeffs": calib.dist.tolist(),
+    }
+    _write_report(args.report, report, preview)
+    return calib
+
+
+def _intrinsics_for(path: Path | None, images, names, pattern, square) -> CameraCalibration:
+    if path is not None:
+        calib = load_calibration(path)
+        if not isinstance(calib, CameraCalibration):
+            raise DataError(f"{path}: expected a one-camera calibration")
+        return calib
+    found = {}
+    for name, image in zip(names, images):
+        corners = detect_chessboard(image, pattern)
+        if corners is not None:
+            found[name] = corners
+    return calibrate_from_corners(found, pattern, square, (images[0].shape[1], images[0].shape[0]))
+
+
+def stereo_command(args: argparse.Namespace):
+    pattern = parse_pattern(args.pattern)
+    left_names, left = _images(args.left)
+    right_names, right = _images(args.right)
+    if left_names != right_names:
+        missing = sorted(set(left_names) ^ set(right_names))
+        raise DataError(
+            f"{args.left} and {args.right} must hold the same file names (pairs); unmatched: {missing[:5]}"
+        )
+    left_calib = _intrinsics_for(args.left_calib, left, left_names, pattern, args.square)
+    right_calib = _intrinsics_for(args.right_calib, right, right_names, pattern, args.square)
+    stereo = calibrate_stereo(left_calib, right_calib, left, right, pattern, args.square, names=left_names)
+    save_calibration(stereo, args.out)
+    a, b = rectify_images(
+        stereo, left[left_names.index(stereo.pairs[0])], right[left_names.index(stereo.pairs[0])]
+    )
+    preview = cv2.cvtColor(np.hstack([a, b]), cv2.COLOR_GRAY2BGR)
+    for y in range(0, preview.shape[0], 32):  # rectified: a scene point sits on the same row in both halves
+        cv2.line(preview, (0, y), (preview.shape[1] - 1, y), (0, 200, 0), 1)
+    report = {
+        "rms_px": stereo.rms,
+        "pairs": stereo.pairs,
+        "excluded": stereo.excluded,
+        "R": stereo.R.tolist(),
+        "T": stereo.T.tolist(),
+        "baseline": float(np.linalg.norm(stereo.T)),
+    }
+    _write_report(args.report, report, preview)
+    return stereo
+
+
+def rig_command(args: argparse.Namespace):
+    pattern = parse_pattern(args.pattern)
+    folders = list(args.images)
+    listing = [{p.name: p for p in image_files(folder)} for folder in folders]
+    frame_names = sorted(set().union(*listing))
+    total = len(frame_names) * len(folders)
+    with tqdm(total=total, desc="detect", unit="image", disable=args.no_progress) as bar:
+        images = [[read_image(files[n]) if n in files else None for n in frame_names] for files in listing]
+        intrinsics = None
+        if args.intrinsics:
+            if len(args.intrinsics) != len(folders):
+                raise ConfigError(f"--intrinsics: {len(args.intrinsics)} files for {len(folders)} cameras")
+            intrinsics = [load_calibration(p) for p in args.intrinsics]
+        rig = calibrate_rig(
+            images,
+            pattern,
+            args.square,
+            args.reference,
+            frame_names,
+            intrinsics=intrinsics,
+            progress=bar.update,
+        )
+    save_calibration(rig, args.out)
+    report = {
+        "rms_px": rig.rms,
+        "camera_rms_px": rig.camera_errors,
+        "method": rig.method,
+        "excluded": rig.excluded,
+        "frames": rig.frames,
+        "T": [np.asarray(t).tolist() for t in rig.T],
+    }
+    _write_report(args.report, report, None)
+    if args.report is not None:
+        pose_figure(rig, args.report / "poses.png")
+    return rig
+
+
+def pose_figure(rig, path: Path) -> Path:
+    """Camera centres and optical axes in the reference camera's frame, from above."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.subplots()
+    scale = max([float(np.linalg.norm(t)) for t in rig.T] + [1e-3]) * 0.3
+    for c, (R, T) in enumerate(zip(rig.R, rig.T)):
+        centre = -R.T @ np.asarray(T)
+        axis = R[2] * scale
+        ax.plot(centre[0], centre[2], "o", color=f"C{c}")
+        ax.annotate(f"cam {c}", (centre[0], centre[2]), textcoords="offset points", xytext=(5, 5))
+        ax.annotate(
+            "",
+            (centre[0] + axis[0], centre[2] + axis[2]),
+            (centre[0], centre[2]),
+            arrowprops={"arrowstyle": "->", "color": f"C{c}"},
+        )
+    ax.set_xlabel("x (board units)")
+    ax.set_ylabel("z (board units)")
+    ax.set_aspect("equal")
+    ax.margins(0.3)
+    ax.set_title(f"rig from above (reference camera {rig.reference}); RMS {rig.rms:.3f} px")
+    with atomic_write_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return path
