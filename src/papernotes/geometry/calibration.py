@@ -17,7 +17,7 @@ Stereo pairs are in :mod:`~papernotes.geometry.stereo`, rigs in :mod:`~papernote
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,7 +83,7 @@ def board_is_whole(grey: np.ndarray, corners: np.ndarray, pattern: tuple[int, in
     judged.
     """
     cols, rows = pattern
-    grid = np.mgrid[0:cols, 0:rows].T.reshape(-1, 2).astype(np.float32)  # (i, j) of each corner
+    grid = board_points(pattern, 1.0)[:, :2]  # (i, j) of each corner, in squares
     H, _ = cv2.findHomography(grid, corners)
     if H is None:
         return False
@@ -140,8 +140,13 @@ def calibrate_camera(
     square: float,
     names: Sequence[str] | None = None,
     max_view_error: float | None = None,
+    fix_k3: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> CameraCalibration:
-    """Intrinsics from chessboard views (arrays or image paths); ``square`` in metres (or any unit)."""
+    """Intrinsics from chessboard views (arrays or image paths); ``square`` in metres (or any unit).
+
+    ``progress(1)`` is called after each view is searched (a progress bar's ``update``).
+    """
     names = (
         list(names)
         if names is not None
@@ -155,14 +160,17 @@ def calibrate_camera(
             size = view_size
         elif view_size != size:
             raise DataError(
-                f"{name}: image size {view_size} differs from the first view's {size} (one camera)"
+                f"{name}: image size {view_size} differs from the first view's {size}; "
+                "one camera's views must not differ in size"
             )
         corners = detect_chessboard(image, pattern)
+        if progress is not None:
+            progress(1)
         if corners is None:
             excluded[name] = f"no {pattern[0]}x{pattern[1]} board found"
         else:
             found[name] = corners
-    return calibrate_from_corners(found, pattern, square, size, max_view_error, excluded)
+    return calibrate_from_corners(found, pattern, square, size, max_view_error, excluded, fix_k3)
 
 
 def calibrate_from_corners(

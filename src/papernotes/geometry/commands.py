@@ -18,27 +18,24 @@ from tqdm.auto import tqdm
 
 from papernotes.core.checkpoint import atomic_write_file
 from papernotes.errors import ConfigError, DataError
-from papernotes.geometry.calibration import (
-    CameraCalibration,
-    calibrate_from_corners,
-    detect_chessboard,
-    read_image,
-)
+from papernotes.geometry.calibration import CameraCalibration, calibrate_camera, read_image
 from papernotes.geometry.calibration_io import load_calibration, save_calibration
 from papernotes.geometry.mosaic import image_files, split_recording
+from papernotes.geometry.plots import draw_cameras
 from papernotes.geometry.rig import calibrate_rig
 from papernotes.geometry.stereo import calibrate_stereo, rectify_images
 
 
-def parse_pattern(text: str) -> tuple[int, int]:
-    """'9x6' -> (9, 6): inner corners per row and per column."""
+def parse_grid(text: str, option: str = "--pattern", example: str = "9x6", least: int = 2) -> tuple[int, int]:
+    """'9x6' -> (9, 6); an error naming ``option`` unless both numbers are at least ``least``."""
+    meaning = "COLSxROWS inner corners" if option == "--pattern" else "ROWSxCOLS"
     try:
-        cols, rows = (int(v) for v in text.lower().split("x"))
+        a, b = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ConfigError(f"--pattern: expected COLSxROWS inner corners such as 9x6, got {text!r}") from None
-    if cols < 2 or rows < 2:
-        raise ConfigError(f"--pattern: need at least 2x2 inner corners, got {text!r}")
-    return cols, rows
+        raise ConfigError(f"{option}: expected {meaning} such as {example}, got {text!r}") from None
+    if a < least or b < least:
+        raise ConfigError(f"{option}: need at least {least}x{least}, got {text!r}")
+    return a, b
 
 
 def _images(folder: Path) -> tuple[list[str], list[np.ndarray]]:
@@ -59,36 +56,17 @@ def _write_report(report_dir: Path | None, report: dict[str, Any], preview: np.n
 
 
 def split_command(args: argparse.Namespace) -> list[Path]:
-    layout = _layout(args.layout)
+    layout = parse_grid(args.layout, "--layout", "2x2", least=1)
     return split_recording(args.source, args.out, layout, args.every, progress=not args.no_progress)
 
 
-def _layout(text: str) -> tuple[int, int]:
-    try:
-        rows, cols = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--layout: expected ROWSxCOLS such as 2x2, got {text!r}") from None
-    return rows, cols
-
-
 def intrinsics_command(args: argparse.Namespace) -> CameraCalibration:
-    pattern = parse_pattern(args.pattern)
+    pattern = parse_grid(args.pattern)
     names, images = _images(args.images)
-    sizes = {(im.shape[1], im.shape[0]) for im in images}
-    if len(sizes) > 1:
-        raise DataError(
-            f"{args.images}: images differ in size {sorted(sizes)}; one camera's views must match"
+    with tqdm(total=len(images), desc="detect", unit="image", disable=args.no_progress) as bar:
+        calib = calibrate_camera(
+            images, pattern, args.square, names, args.max_view_error, args.fix_k3, progress=bar.update
         )
-    found, excluded = {}, {}
-    for name, image in tqdm(list(zip(names, images)), desc="detect", unit="image", disable=args.no_progress):
-        corners = detect_chessboard(image, pattern)
-        if corners is None:
-            excluded[name] = f"no {args.pattern} board found"
-        else:
-            found[name] = corners
-    calib = calibrate_from_corners(
-        found, pattern, args.square, sizes.pop(), args.max_view_error, excluded, fix_k3=args.fix_k3
-    )
     save_calibration(calib, args.out)
     first = next(n for n in names if n in calib.view_errors)
     undistorted = cv2.undistort(images[names.index(first)], calib.K, calib.dist)
@@ -104,22 +82,21 @@ def intrinsics_command(args: argparse.Namespace) -> CameraCalibration:
     return calib
 
 
+def _load_camera(path: Path) -> CameraCalibration:
+    calib = load_calibration(path)
+    if not isinstance(calib, CameraCalibration):
+        raise DataError(f"{path}: expected a one-camera calibration, found a {type(calib).__name__}")
+    return calib
+
+
 def _intrinsics_for(path: Path | None, images, names, pattern, square) -> CameraCalibration:
     if path is not None:
-        calib = load_calibration(path)
-        if not isinstance(calib, CameraCalibration):
-            raise DataError(f"{path}: expected a one-camera calibration")
-        return calib
-    found = {}
-    for name, image in zip(names, images):
-        corners = detect_chessboard(image, pattern)
-        if corners is not None:
-            found[name] = corners
-    return calibrate_from_corners(found, pattern, square, (images[0].shape[1], images[0].shape[0]))
+        return _load_camera(path)
+    return calibrate_camera(images, pattern, square, names)
 
 
 def stereo_command(args: argparse.Namespace):
-    pattern = parse_pattern(args.pattern)
+    pattern = parse_grid(args.pattern)
     left_names, left = _images(args.left)
     right_names, right = _images(args.right)
     if left_names != right_names:
@@ -150,7 +127,7 @@ def stereo_command(args: argparse.Namespace):
 
 
 def rig_command(args: argparse.Namespace):
-    pattern = parse_pattern(args.pattern)
+    pattern = parse_grid(args.pattern)
     folders = list(args.images)
     listing = [{p.name: p for p in image_files(folder)} for folder in folders]
     frame_names = sorted(set().union(*listing))
@@ -161,7 +138,7 @@ def rig_command(args: argparse.Namespace):
         if args.intrinsics:
             if len(args.intrinsics) != len(folders):
                 raise ConfigError(f"--intrinsics: {len(args.intrinsics)} files for {len(folders)} cameras")
-            intrinsics = [load_calibration(p) for p in args.intrinsics]
+            intrinsics = [_load_camera(p) for p in args.intrinsics]
         rig = calibrate_rig(
             images,
             pattern,
@@ -193,17 +170,7 @@ def pose_figure(rig, path: Path) -> Path:
     fig = Figure(figsize=(5, 4.5))
     ax = fig.subplots()
     scale = max([float(np.linalg.norm(t)) for t in rig.T] + [1e-3]) * 0.3
-    for c, (R, T) in enumerate(zip(rig.R, rig.T)):
-        centre = -R.T @ np.asarray(T)
-        axis = R[2] * scale
-        ax.plot(centre[0], centre[2], "o", color=f"C{c}")
-        ax.annotate(f"cam {c}", (centre[0], centre[2]), textcoords="offset points", xytext=(5, 5))
-        ax.annotate(
-            "",
-            (centre[0] + axis[0], centre[2] + axis[2]),
-            (centre[0], centre[2]),
-            arrowprops={"arrowstyle": "->", "color": f"C{c}"},
-        )
+    draw_cameras(ax, rig.R, rig.T, (0, 2), "o", axis_length=scale, labels=True)
     ax.set_xlabel("x (board units)")
     ax.set_ylabel("z (board units)")
     ax.set_aspect("equal")

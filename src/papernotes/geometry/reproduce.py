@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from papernotes.core.experiments import Experiment, ExperimentContext, ExperimentResult, Table
 from papernotes.geometry.calibration import calibrate_from_corners, detect_chessboard
 from papernotes.geometry.mosaic import split_mosaic
+from papernotes.geometry.plots import draw_cameras
 from papernotes.geometry.rig import calibrate_rig, relative_to, solve_rig
 from papernotes.geometry.synthetic_board import (
     board_in_view,
@@ -263,17 +264,8 @@ def _pose_figure(truth, R, T, path: Path) -> Path:
     for ax, (i, j, label) in zip(
         axes, ((0, 2, "top view: x right, z forward (m)"), (0, 1, "front view: x, y down (m)"))
     ):
-        for Rs, Ts, style in ((truth["R"], truth["T"], "o"), (R, T, "x")):
-            for c, (Rc, Tc) in enumerate(zip(Rs, Ts)):
-                centre = -Rc.T @ np.asarray(Tc)  # camera centre in the reference frame
-                axis = Rc[2] * 0.1  # optical axis, 10 cm
-                ax.plot(centre[i], centre[j], style, color=f"C{c}", ms=9)
-                ax.annotate(
-                    "",
-                    (centre[i] + axis[i], centre[j] + axis[j]),
-                    (centre[i], centre[j]),
-                    arrowprops={"arrowstyle": "->", "color": f"C{c}"},
-                )
+        draw_cameras(ax, truth["R"], truth["T"], (i, j), "o")
+        draw_cameras(ax, R, T, (i, j), "x")
         ax.set_title(label)
         ax.set_aspect("equal")
         ax.grid(alpha=0.3)

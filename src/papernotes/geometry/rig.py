@@ -201,13 +201,12 @@ def _spanning_tree(corners, object_points, cameras, reference):
     while any(r is None for r in R):
         # Prim: the strongest edge from a placed camera to an unplaced one
         edges_out = [(w, a, b) for w, a, b in edges if R[a] is not None and R[b] is None and w >= MIN_VIEWS]
-        edge = edges_out[0] if edges_out else None
-        if edge is None:
+        if not edges_out:
             lonely = [c for c in range(n) if R[c] is None]
             raise DataError(
                 f"cameras {lonely} share fewer than {MIN_VIEWS} frames with a board with the rest of the rig"
             )
-        _, a, b = edge
+        _, a, b = edges_out[0]
         shared = sorted(seen[a] & seen[b])
         _, _, _, _, _, R_ab, T_ab, _, _ = cv2.stereoCalibrate(
             [object_points] * len(shared),
@@ -289,8 +288,12 @@ def calibrate_rig(
     names = list(frame_names) if frame_names is not None else [f"frame{f}" for f in range(n_frames)]
     corners: Corners = [[None] * n_frames for _ in range(n_cams)]
     excluded, cameras = {}, []
+    needed = MIN_VIEWS if intrinsics is None else 1
     for c, images in enumerate(image_sets_per_camera):
-        usable = {}
+        sizes = {(im.shape[1], im.shape[0]) for im in images if im is not None}
+        if len(sizes) > 1:
+            raise DataError(f"camera {c}: its images differ in size {sorted(sizes)}")
+        usable = []
         for f, image in enumerate(images):
             found = detect_chessboard(image, pattern) if image is not None else None
             if progress is not None:
@@ -298,26 +301,24 @@ def calibrate_rig(
             if found is None:
                 excluded[f"camera {c} / {names[f]}"] = "no board" if image is not None else "missing image"
             else:
-                usable[f] = image
+                usable.append(f)
                 corners[c][f] = found
-        if len(usable) < (MIN_VIEWS if intrinsics is None else 1):
+        if len(usable) < needed:
             raise DataError(
-                f"camera {c}: only {len(usable)} frames with a board (need {MIN_VIEWS}); "
+                f"camera {c}: only {len(usable)} frames with a board (need {needed}); "
                 f"frames without one: {[names[f] for f in range(n_frames) if f not in usable][:10]}"
             )
-        sizes = {(im.shape[1], im.shape[0]) for im in usable.values()}
-        if len(sizes) > 1:
-            raise DataError(f"camera {c}: its images differ in size {sorted(sizes)}")
+        (size,) = sizes
         if intrinsics is not None:
-            if tuple(intrinsics[c].image_size) != next(iter(sizes)):
+            if tuple(intrinsics[c].image_size) != size:
                 raise DataError(
-                    f"camera {c}: images are {next(iter(sizes))} but its intrinsics are for "
+                    f"camera {c}: images are {size} but its intrinsics are for "
                     f"{tuple(intrinsics[c].image_size)}"
                 )
             cameras.append(intrinsics[c])
         else:
             found = {names[f]: corners[c][f] for f in usable}
-            cameras.append(calibrate_from_corners(found, pattern, square, next(iter(sizes))))
+            cameras.append(calibrate_from_corners(found, pattern, square, size))
     seen = [f for f in range(n_frames) if any(corners[c][f] is not None for c in range(n_cams))]
     corners = [[row[f] for f in seen] for row in corners]  # drop frames no camera saw
     object_points = board_points(pattern, square)
