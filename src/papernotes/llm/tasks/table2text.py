@@ -370,6 +370,13 @@ def _realise_distinct(record: Record, count: int, rng: random.Random) -> tuple[s
     return tuple(texts)
 
 
+def sample_example(rng: random.Random, min_slots: int = 2, max_slots: int = 3) -> Example:
+    """One random record with its MR and a single reference (for mixtures of tasks)."""
+    record = _sample_record(Table2TextConfig(min_slots=min_slots, max_slots=max_slots), rng)
+    target = _realise(record, rng)
+    return Example(record, format_source(record), target, (target,))
+
+
 def make_table2text(config: Table2TextConfig = Table2TextConfig()) -> dict[str, list[Example]]:  # noqa: B008
     """Generate the ``train``/``validation``/``test`` splits; no MR appears twice anywhere.
 
