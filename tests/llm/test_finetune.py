@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from papernotes.cli import main
 from papernotes.core.config import preset
 from papernotes.errors import ConfigError
-from papernotes.llm import finetune, lora, prefix_tuning
+from papernotes.llm import finetune, lora, prefix_tuning, supervised
 from papernotes.llm.llama import Llama
 from papernotes.llm.llama_config import PRESETS
 from papernotes.llm.pretrain import save_model_dir
@@ -40,11 +40,11 @@ def tiny_model(tokenizer, seed: int = 0) -> Llama:
 def test_labels_cover_only_the_target_and_predict_the_next_token(tokenizer):
     a = finetune.encode(tokenizer, "name[A]", "A is here.")
     b = finetune.encode(tokenizer, "name[Bee], food[French]", "Bee serves French food.")
-    batch = finetune.pad_batch([a, b], pad_token_id=7)
+    batch = supervised.pad_batch([a, b], pad_token_id=7)
     assert batch["input_ids"].shape == batch["labels"].shape == (2, max(len(a.ids), len(b.ids)) - 1)
     for row, e in enumerate((a, b)):
         labels = batch["labels"][row]
-        kept = labels != finetune.IGNORE
+        kept = labels != supervised.IGNORE
         assert kept.sum() == len(e.ids) - e.prompt_length  # target tokens and EOS, nothing else
         assert labels[kept].tolist() == e.ids[e.prompt_length :]
         assert labels[kept][-1] == tokenizer.token_to_id(EOS)
@@ -54,14 +54,14 @@ def test_labels_cover_only_the_target_and_predict_the_next_token(tokenizer):
 def test_target_loss_equals_cross_entropy_over_target_positions(tokenizer):
     model = tiny_model(tokenizer)
     examples = [finetune.encode(tokenizer, e.source, e.target) for e in TASK["train"][:3]]
-    batch = finetune.pad_batch(examples, pad_token_id=0)
-    loss, count = finetune.target_loss(model, batch)
+    batch = supervised.pad_batch(examples, pad_token_id=0)
+    loss, count = supervised.target_loss(model, batch)
     logits = model(batch["input_ids"])
     manual = [
         F.cross_entropy(logits[r, t], batch["labels"][r, t])
         for r in range(3)
         for t in range(batch["labels"].shape[1])
-        if batch["labels"][r, t] != finetune.IGNORE
+        if batch["labels"][r, t] != supervised.IGNORE
     ]
     assert count == len(manual)
     torch.testing.assert_close(loss, torch.stack(manual).mean())
@@ -69,7 +69,7 @@ def test_target_loss_equals_cross_entropy_over_target_positions(tokenizer):
 
 def test_task_batches_repeat_exactly_for_a_step(tokenizer):
     encoded = [finetune.encode(tokenizer, e.source, e.target) for e in TASK["train"]]
-    batches = finetune.TaskBatches(encoded, 4, pad_token_id=0, seed=3)
+    batches = supervised.TaskBatches(encoded, 4, pad_token_id=0, seed=3)
     assert torch.equal(batches(5, 0)["input_ids"], batches(5, 0)["input_ids"])
     assert not torch.equal(batches(5, 0)["labels"], batches(6, 0)["labels"])
 

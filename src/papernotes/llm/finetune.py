@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from papernotes.core.train import TrainConfig, train
+from papernotes.core.train import train
 from papernotes.errors import ConfigError, DataError
 from papernotes.llm import lora, prefix_tuning
 from papernotes.llm.generate import GenerationConfig, generate_batch
 from papernotes.llm.llama import Llama
 from papernotes.llm.pretrain import save_model_dir
+from papernotes.llm.supervised import Encoded, TaskBatches, recipe_train_config, target_loss
 from papernotes.llm.tasks import table2text
 from papernotes.llm.tokenizer import BOS, EOS
 
@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("full", "lora", "prefix")
 SEPARATOR = " =>"  # ends the prompt; the target follows after a space
-IGNORE = -100  # label of positions that carry no loss (F.cross_entropy's ignore_index)
 # peak learning rates picked on the embedded task at pn-small scale (prefix tuning at 3e-2 diverged:
 # loss 4.3 after 120 steps, against 0.9 at 5e-3); the few adapter parameters take larger steps than
 # full fine-tuning, as in both papers
@@ -67,60 +66,12 @@ class FinetuneConfig:
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
 
 
-@dataclass
-class Encoded:
-    ids: list[int]  # BOS source SEPARATOR [target EOS]
-    prompt_length: int  # tokens before the target
-
-
 def encode(tokenizer: Tokenizer, source: str, target: str | None = None) -> Encoded:
     """Token ids of one example; without ``target``, the prompt alone (for decoding)."""
     prompt = [tokenizer.token_to_id(BOS), *tokenizer.encode(source + SEPARATOR).ids]
     if target is None:
         return Encoded(prompt, len(prompt))
     return Encoded(prompt + [*tokenizer.encode(" " + target).ids, tokenizer.token_to_id(EOS)], len(prompt))
-
-
-class TaskBatches:
-    """Deterministic padded batches of (prompt, target) sequences for :func:`core.train.train`.
-
-    ``batches(step, micro_step)`` draws rows with a generator seeded by (seed, step, micro_step),
-    so resumed runs see the same data. Sequences are right-padded: under causal attention no real
-    token attends to a later pad, so no attention mask is needed. Labels are the next tokens, with
-    prompt and pad positions set to ``IGNORE``.
-    """
-
-    def __init__(self, examples: Sequence[Encoded], micro_batch_size: int, pad_token_id: int, seed: int = 0):
-        if not examples:
-            raise DataError("TaskBatches: no training examples")
-        self.examples = list(examples)
-        self.micro_batch_size = micro_batch_size
-        self.pad_token_id = pad_token_id
-        self.seed = seed
-
-    def __call__(self, step: int, micro_step: int = 0) -> dict[str, torch.Tensor]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 1_009 + micro_step)
-        rows = torch.randint(0, len(self.examples), (self.micro_batch_size,), generator=gen).tolist()
-        return pad_batch([self.examples[i] for i in rows], self.pad_token_id)
-
-
-def pad_batch(examples: Sequence[Encoded], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """{"input_ids", "labels"} (b, L - 1) from sequences of length ≤ L, target-only labels."""
-    L = max(len(e.ids) for e in examples)
-    ids = torch.full((len(examples), L), pad_token_id, dtype=torch.long)  # (b, L)
-    labels = torch.full((len(examples), L), IGNORE, dtype=torch.long)  # (b, L)
-    for row, e in enumerate(examples):
-        ids[row, : len(e.ids)] = torch.tensor(e.ids)
-        labels[row, e.prompt_length : len(e.ids)] = torch.tensor(e.ids[e.prompt_length :])
-    return {"input_ids": ids[:, :-1], "labels": labels[:, 1:]}  # predict token t + 1 from the prefix ≤ t
-
-
-def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over target tokens, and how many there were."""
-    logits = model(batch["input_ids"])  # (b, L, V)
-    labels = batch["labels"]
-    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
-    return loss, int((labels != IGNORE).sum())
 
 
 def attach_method(model: Llama, config: FinetuneConfig) -> None:
@@ -169,7 +120,7 @@ def finetune(
     if (longest := max(len(e.ids) for e in encoded)) > limit:
         raise DataError(f"a training example has {longest} tokens; the model's context allows {limit}")
     batches = TaskBatches(encoded, config.batch_size, tokenizer.token_to_id(EOS), seed=config.seed)
-    train_config = _train_config(
+    train_config = recipe_train_config(
         config.steps, config.batch_size, config.learning_rate, config.precision, config.seed
     )
     train_config = dataclasses.replace(train_config, progress=progress)
@@ -183,22 +134,6 @@ def finetune(
         optimizer_state_bytes=result.optimizer_state_bytes,
         step_s=result.wall_s / max(1, len(result.train_losses)),
         train_losses=result.train_losses,
-    )
-
-
-def _train_config(steps: int, batch_size: int, lr: float, precision: str, seed: int) -> TrainConfig:
-    return dataclasses.replace(
-        TrainConfig(),
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        min_lr=lr / 10,
-        warmup_steps=max(1, steps // 20),
-        weight_decay=0.0,  # adapters start at zero/random scale; decay would only pull them back
-        precision=precision,
-        eval_every=0,
-        checkpoint_every=0,
-        seed=seed,
     )
 
 
@@ -220,7 +155,7 @@ def adapt_to_domain(
     bos, eos = tokenizer.token_to_id(BOS), tokenizer.token_to_id(EOS)
     encoded = [Encoded([bos, *tokenizer.encode(t).ids, eos], 1) for t in texts]
     model.requires_grad_(True)
-    config = _train_config(steps, batch_size, lr, "bf16", seed)
+    config = recipe_train_config(steps, batch_size, lr, "bf16", seed)
     result = train(model, target_loss, TaskBatches(encoded, batch_size, eos, seed=seed), config)
     return result.train_losses
 

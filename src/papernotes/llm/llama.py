@@ -25,6 +25,7 @@ heads, D head dim, F intermediate size, V vocabulary.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from papernotes.errors import CheckpointError, DataError
+from papernotes.errors import CheckpointError, ConfigError, DataError
 from papernotes.llm import hf_io
 from papernotes.llm.llama_config import LlamaConfig
 from papernotes.nn.attention import attend, causal_mask, check_backend
@@ -403,6 +404,37 @@ class Llama(nn.Module):
         model.model.rotary_emb.to(device or "cpu")  # recompute frequencies where the weights live
         logger.info("loaded %s (%d parameters, %s)", path, model.num_parameters(), dtype)
         return model.eval()  # like transformers: inference mode by default (there is no dropout anyway)
+
+    def resize_token_embeddings(self, vocab_size: int) -> None:
+        """Grow (or shrink) the vocabulary to ``vocab_size`` rows, as HF's method does.
+
+        New rows of the embedding and of ``lm_head`` start at the mean of the existing rows, so that
+        new tokens (e.g. chat markers) begin as an "average" token instead of a random one whose logit
+        could dominate; a tied ``lm_head`` stays tied.
+        """
+        old = self.config.vocab_size
+        if vocab_size == old:
+            return
+        if vocab_size < 1:
+            raise ConfigError(f"vocab_size must be >= 1, got {vocab_size}")
+
+        def resized(weight: torch.Tensor) -> nn.Parameter:
+            new = weight.new_empty(vocab_size, weight.shape[1])
+            keep = min(old, vocab_size)
+            new[:keep] = weight[:keep]
+            new[keep:] = weight.mean(dim=0)
+            return nn.Parameter(new, requires_grad=weight.requires_grad)
+
+        with torch.no_grad():
+            embed = self.model.embed_tokens
+            embed.weight = resized(embed.weight)
+            embed.num_embeddings = vocab_size
+            if self.config.tie_word_embeddings:
+                self.lm_head.weight = embed.weight
+            else:
+                self.lm_head.weight = resized(self.lm_head.weight)
+            self.lm_head.out_features = vocab_size
+        self.config = dataclasses.replace(self.config, vocab_size=vocab_size)
 
     def save_pretrained(self, path: str | Path, max_shard_size: int | str | None = None) -> Path:
         """Write an HF directory loadable by ``transformers.LlamaForCausalLM.from_pretrained``.
