@@ -39,12 +39,13 @@ def tiny_model(tokenizer, vocab_size=None, seed=0) -> Llama:
     return Llama(config)
 
 
-def test_changing_a_user_token_does_not_change_the_loss(tokenizer):
+def test_a_user_token_is_context_not_a_target(tokenizer):
+    """Changing a user token leaves every label as it was (no loss is taken on it); it still conditions
+    the assistant's tokens, so the loss value moves, while changing an assistant token changes a label."""
     model = tiny_model(tokenizer)
     base = [{"role": "user", "content": "What is 3 plus 4?"}, {"role": "assistant", "content": "7"}]
-    other = [{"role": "user", "content": "What is 3 plus 4?"}, {"role": "assistant", "content": "7"}]
     (a,) = sft.encode_conversations(tokenizer, [base])
-    (b,) = sft.encode_conversations(tokenizer, [other])
+    (b,) = sft.encode_conversations(tokenizer, [base])
     # swap one user token for another id of the same length: the targets and their positions are unchanged
     user = next(i for i, m in enumerate(a.loss_mask) if not m and i > 4)
     b.ids[user] = (a.ids[user] + 1) % tokenizer.get_vocab_size()
