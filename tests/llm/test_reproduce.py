@@ -6,7 +6,7 @@ import pytest
 
 from papernotes.cli import main
 from papernotes.geometry import reproduce as geometry_reproduce
-from papernotes.llm import reproduce, reproduce_decoding, reproduce_peft
+from papernotes.llm import reproduce, reproduce_decoding, reproduce_peft, reproduce_post_training
 from papernotes.llm.llama import Llama
 from papernotes.video import reproduce as video_reproduce
 from papernotes.video.online import reproduce as online_reproduce
@@ -66,6 +66,9 @@ def tiny_sizes(monkeypatch):
     # the video experiment has its own test (tests/video/test_reproduce.py); here it only has to run
     monkeypatch.setitem(video_reproduce.VIDEO_SIZES, "quick", video_reproduce.VIDEO_SIZES["tiny"])
     monkeypatch.setitem(online_reproduce.ONLINE_SIZES, "quick", online_reproduce.ONLINE_SIZES["tiny"])
+    monkeypatch.setitem(
+        reproduce_post_training.POST_SIZES, "quick", reproduce_post_training.POST_SIZES["tiny"]
+    )
     monkeypatch.setitem(geometry_reproduce.CALIB_SIZES, "quick", geometry_reproduce.CALIB_SIZES["tiny"])
 
 
@@ -107,6 +110,10 @@ def test_reproduce_llm_writes_report_figures_and_a_cached_hf_model(tiny_sizes, t
     assert runs["lora r=2"]["trainable_parameters"] * 2 == runs["lora r=4"]["trainable_parameters"]
     assert runs["prefix L=2"]["stored_parameters"] < runs["prefix L=2"]["trainable_parameters"]  # MLP dropped
     assert (run / "llm-peft" / "peft_comparison.png").is_file()
+    post = results["experiments"]["llm-post-training"]
+    assert post["status"] == "ok", post.get("traceback")
+    assert [r["stage"] for r in post["metrics"]["stages"]][:3] == ["base", "sft", "rs-sft"]
+    assert (run / "llm-post-training" / "post_training.png").is_file()
     assert "llm-pretrain" in (run / "index.html").read_text()
     assert "pre-training by precision mode" in capsys.readouterr().out
     model = Llama.from_pretrained(cache / "llm" / "target")  # cached for the decoding and PEFT issues

@@ -11,7 +11,7 @@ of shape (1, T) and a :class:`GenerationConfig`; returns the new ids (1, N) and 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -133,29 +133,36 @@ def generate(
     model: Llama, input_ids: torch.Tensor, config: GenerationConfig
 ) -> tuple[torch.Tensor, DecodeStats]:
     """Decode up to ``max_new_tokens`` tokens one target call at a time."""
-    check_prompt(model, input_ids, config)
     stats = DecodeStats()
     start = time.perf_counter()
-    gen = torch.Generator().manual_seed(config.seed)
-    cache = model.setup_cache(1, input_ids.shape[1] + config.max_new_tokens)
-    new: list[torch.Tensor] = []
-    logits = model(input_ids, cache=cache)[:, -1]  # prefill: (1, V)
-    stats.target_calls += 1
-    for _ in range(config.max_new_tokens):
-        probs = logits_to_probs(logits, config.temperature, config.top_k, config.top_p)
-        token = sample(probs, gen).view(1, 1)  # (1, 1)
-        new.append(token)
-        stats.accepted_per_step.append(1)
-        if config.eos_token_id is not None and token.item() == config.eos_token_id:
-            break
-        if len(new) == config.max_new_tokens:
-            break  # the last token needs no forward pass of its own
-        logits = model(token, cache=cache)[:, -1]
-        stats.target_calls += 1
+    new = list(stream(model, input_ids, config, stats))
     stats.tokens = len(new)
     stats.wall_s = time.perf_counter() - start
-    ids = torch.cat(new, dim=1) if new else input_ids.new_zeros((1, 0))
-    return ids, stats
+    ids = torch.tensor([new], dtype=input_ids.dtype) if new else input_ids.new_zeros((1, 0))
+    return ids.to(input_ids.device), stats
+
+
+def stream(
+    model: Llama, input_ids: torch.Tensor, config: GenerationConfig, stats: DecodeStats | None = None
+) -> Iterator[int]:
+    """Yield each new token as soon as it is decoded (plain decoding; what :func:`generate` collects)."""
+    check_prompt(model, input_ids, config)
+    stats = stats if stats is not None else DecodeStats()
+    gen = torch.Generator().manual_seed(config.seed)
+    cache = model.setup_cache(1, input_ids.shape[1] + config.max_new_tokens)
+    logits = model(input_ids, cache=cache)[:, -1]  # prefill: (1, V)
+    stats.target_calls += 1
+    for produced in range(1, config.max_new_tokens + 1):
+        probs = logits_to_probs(logits, config.temperature, config.top_k, config.top_p)
+        token = sample(probs, gen).view(1, 1)  # (1, 1)
+        stats.accepted_per_step.append(1)
+        yield int(token)
+        if config.eos_token_id is not None and token.item() == config.eos_token_id:
+            return
+        if produced == config.max_new_tokens:
+            return  # the last token needs no forward pass of its own
+        logits = model(token.to(input_ids.device), cache=cache)[:, -1]
+        stats.target_calls += 1
 
 
 def _prefix_length(model: Llama) -> int:

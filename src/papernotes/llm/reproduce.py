@@ -27,6 +27,7 @@ from papernotes.llm.llama_config import PRESETS
 from papernotes.llm.pretrain import model_config_for, prepare_corpus, pretrain, save_model_dir
 from papernotes.llm.reproduce_decoding import run_decoding
 from papernotes.llm.reproduce_peft import run_peft
+from papernotes.llm.reproduce_post_training import run_post_training
 from papernotes.nn.attention_profile import profile_attention
 
 logger = logging.getLogger(__name__)
@@ -297,5 +298,11 @@ EXPERIMENTS = [
         "llm",
         "full fine-tuning vs LoRA (r = 4, 8, 16) vs Prefix-Tuning (L = 5, 10, 20) on table-to-text",
         run_peft,
+    ),
+    Experiment(
+        "llm-post-training",
+        "llm",
+        "Llama 3 post-training: base -> SFT -> rejection-sampling SFT -> DPO on verifiable instruction tasks",
+        run_post_training,
     ),
 ]
