@@ -15,6 +15,7 @@ from pathlib import Path
 
 from papernotes.errors import PapernotesError
 from papernotes.geometry.cli import add_calib_commands
+from papernotes.llm.cli import add_post_training_commands
 from papernotes.video.cli import add_oad_commands, add_video_commands
 
 EPILOG = """fields and their commands:
@@ -25,6 +26,10 @@ EPILOG = """fields and their commands:
   llm train-mtp      train multi-token-prediction modules
   llm export         turn a training run's checkpoint into a Hugging Face model directory
   llm finetune       full, LoRA or Prefix-Tuning fine-tuning on the table-to-text task
+  llm sft            supervised fine-tuning on chat conversations (assistant tokens only, packed)
+  llm rejection-sample  K samples per prompt, best verified reply kept, preference pairs written
+  llm dpo            Direct Preference Optimization against a frozen reference
+  llm chat           interactive terminal chat, streamed, lossless speculative decoding when available
   video make-synthetic  write the embedded, temporally sensitive video benchmark (mp4 + list files)
   video flow         TSN-style optical-flow images (flow_x/flow_y JPEGs) for a video list
   video train        train TSN, Two-Stream, TRN, TSM, TDN, TAM or a 3-D CNN on an mmaction list
@@ -272,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--eval-size", type=int, default=200, help="test examples decoded for the metrics")
     ft.add_argument("--seed", type=int, default=0, help="random seed (data and training)")
     ft.set_defaults(func=_llm_finetune)
+    add_post_training_commands(llm_sub, common, _Formatter)
     add_video_commands(sub, common, _Formatter)
     add_oad_commands(sub, common, _Formatter)
     _add_seg_commands(sub, common)

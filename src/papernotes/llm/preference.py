@@ -68,8 +68,14 @@ def rejection_sample(
     temperature: float = 0.8,
     max_new_tokens: int = 48,
     seed: int = 0,
+    reference_chosen: bool = False,
 ) -> RejectionResult:
-    """Sample ``k`` answers per prompt, keep the best correct one, and pair correct with incorrect."""
+    """Sample ``k`` answers per prompt, keep the best correct one, and pair correct with incorrect.
+
+    With ``reference_chosen``, a prompt with no correct sample still yields a pair whose chosen reply
+    is the task's reference answer (Llama 3 likewise pairs human-edited replies against sampled ones);
+    a weak model then still gets preference data.
+    """
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
     prompts = [[{"role": "user", "content": e.prompt}] for e in examples]
@@ -81,6 +87,8 @@ def rejection_sample(
         wrong = [r for ok, r in scored if not ok and r.text]
         correct_total += len(correct)
         if not correct:
+            if reference_chosen and wrong:
+                pairs.append(PreferencePair(tuple(prompt), example.answer, wrong[0].text))
             continue
         hits += 1
         logps = sequence_logprobs(model, tokenizer, [answered(prompt, r.text) for r in correct])

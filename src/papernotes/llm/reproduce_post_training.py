@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 
 from papernotes.core.experiments import ExperimentContext, ExperimentResult, Table
 from papernotes.llm import preference, sft
+from papernotes.llm.chat_format import encode_chat
 from papernotes.llm.llama import Llama
 from papernotes.llm.responses import score_instructions
 from papernotes.llm.tasks.instructions import InstructionConfig, conversation, make_instructions
@@ -37,21 +38,22 @@ from papernotes.llm.tokenizer import load_tokenizer
 logger = logging.getLogger(__name__)
 
 # Budget: at most ~4 minutes of the quick run on 2 cores.
-POST_SIZES: dict[str, dict[str, Any]] = {  # fmt: skip
+POST_SIZES: dict[str, dict[str, Any]] = {
     "quick": {
         "train_size": 4000,
         "test_size": 140,
         "validation_size": 70,
-        "sft_steps": 150,
+        "sft_steps": 500,
         "rows": 8,
         "max_length": 256,
-        "sft_lr": 2e-3,
+        "sft_lr": 3e-3,
         "rs_prompts": 140,
         "k": 4,
-        "rs_steps": 40,
-        "dpo_steps": 40,
+        "rs_steps": 80,
+        "rs_lr": 1e-3,
+        "dpo_steps": 60,
         "dpo_batch": 8,
-        "dpo_lr": 2e-5,
+        "dpo_lr": 5e-5,
         "max_new_tokens": 40,
     },
     "full": {
@@ -65,6 +67,7 @@ POST_SIZES: dict[str, dict[str, Any]] = {  # fmt: skip
         "rs_prompts": 700,
         "k": 8,
         "rs_steps": 150,
+        "rs_lr": 1e-3,
         "dpo_steps": 150,
         "dpo_batch": 8,
         "dpo_lr": 2e-5,
@@ -81,6 +84,7 @@ POST_SIZES: dict[str, dict[str, Any]] = {  # fmt: skip
         "rs_prompts": 7,
         "k": 2,
         "rs_steps": 2,
+        "rs_lr": 1e-3,
         "dpo_steps": 2,
         "dpo_batch": 2,
         "dpo_lr": 2e-5,
@@ -108,23 +112,32 @@ def run_post_training(ctx: ExperimentContext) -> ExperimentResult:
     )
     model = Llama.from_pretrained(target_dir, dtype=torch.float32)
     sft.prepare_model(model, tokenizer)
+    # keep what fits in one packed row with room left for a sampled reply (rejection sampling decodes
+    # training prompts too)
+    room = min(size["max_length"], model.config.max_position_embeddings)
+
+    def fits(e) -> bool:
+        return len(encode_chat(tokenizer, conversation(e)).ids) + size["max_new_tokens"] <= room
+
+    dropped = {split: sum(not fits(e) for e in examples) for split, examples in data.items()}
+    data = {split: [e for e in examples if fits(e)] for split, examples in data.items()}
     models: dict[str, Llama] = {"base": copy.deepcopy(model)}
     timings: dict[str, float] = {}
 
-    def stage_sft(name: str, conversations, steps: int) -> None:
+    def stage_sft(name: str, conversations, steps: int, lr: float) -> None:
         t0 = time.perf_counter()
         config = sft.SFTConfig(
             steps=steps,
             batch_size=size["rows"],
             max_length=size["max_length"],
-            lr=size["sft_lr"],
+            lr=lr,
             seed=ctx.seed,
         )
         sft.sft(model, tokenizer, conversations, config)
         models[name] = copy.deepcopy(model)
         timings[name] = time.perf_counter() - t0
 
-    stage_sft("sft", [conversation(e) for e in data["train"]], size["sft_steps"])
+    stage_sft("sft", [conversation(e) for e in data["train"]], size["sft_steps"], size["sft_lr"])
 
     t0 = time.perf_counter()
     rs = preference.rejection_sample(
@@ -134,6 +147,7 @@ def run_post_training(ctx: ExperimentContext) -> ExperimentResult:
         size["k"],
         max_new_tokens=size["max_new_tokens"],
         seed=ctx.seed,
+        reference_chosen=True,
     )
     held_out = preference.rejection_sample(
         model,
@@ -142,18 +156,21 @@ def run_post_training(ctx: ExperimentContext) -> ExperimentResult:
         size["k"],
         max_new_tokens=size["max_new_tokens"],
         seed=ctx.seed + 1,
+        reference_chosen=True,
     )
     timings["sampling"] = time.perf_counter() - t0
     kept = [conversation(e, response) for e, response in rs.best]
     # the kept samples alone would be few at this scale: they are mixed with the references, as Llama 3
     # mixes rejection-sampled data with its other SFT sources
     mixture = kept + [conversation(e) for e in data["train"][size["rs_prompts"] :]][: 4 * len(kept) + 1]
-    stage_sft("rs-sft", mixture, size["rs_steps"])
+    stage_sft("rs-sft", mixture, size["rs_steps"], size["rs_lr"])
 
     notes = [
+        f"examples without room for a {size['max_new_tokens']}-token reply in {room} tokens were left out: "
+        f"{dropped}",
         f"rejection sampling on {size['rs_prompts']} training prompts, K = {size['k']}: pass@K "
         f"{rs.pass_at_k:.2f}, sample accuracy {rs.sample_accuracy:.2f}, {len(rs.best)} kept, "
-        f"{len(rs.pairs)} pairs; held-out pairs from validation prompts: {len(held_out.pairs)}"
+        f"{len(rs.pairs)} pairs; held-out pairs from validation prompts: {len(held_out.pairs)}",
     ]
     if rs.pairs:
         t0 = time.perf_counter()
@@ -186,7 +203,7 @@ def run_post_training(ctx: ExperimentContext) -> ExperimentResult:
             }
         )
         per_task[name] = scores.per_task
-        samples += [{"stage": name, **s} for s in scores.samples[:3]]
+        samples += [{"stage": name, **s} for s in scores.samples]
     figure = _plot(rows, per_task, ctx.out_dir / "post_training.png")
     notes += _goals(rows)
     tasks = sorted(next(iter(per_task.values())))
