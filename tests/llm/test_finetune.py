@@ -1,6 +1,5 @@
 """Fine-tuning recipe: target-only labels, the loss, what each method trains, evaluation, and the CLI."""
 
-import dataclasses
 import json
 
 import pytest
@@ -11,11 +10,9 @@ from papernotes.cli import main
 from papernotes.core.config import preset
 from papernotes.errors import ConfigError
 from papernotes.llm import finetune, lora, prefix_tuning, supervised
-from papernotes.llm.llama import Llama
-from papernotes.llm.llama_config import PRESETS
 from papernotes.llm.pretrain import save_model_dir
 from papernotes.llm.tasks import table2text
-from papernotes.llm.tokenizer import BOS, EOS, train_tokenizer
+from papernotes.llm.tokenizer import EOS, train_tokenizer
 
 TASK = table2text.make_table2text(preset(table2text.PRESETS, "tiny"))
 
@@ -23,18 +20,6 @@ TASK = table2text.make_table2text(preset(table2text.PRESETS, "tiny"))
 @pytest.fixture(scope="module")
 def tokenizer():
     return train_tokenizer((r for e in TASK["train"] for r in (e.source, *e.references)), vocab_size=320)
-
-
-def tiny_model(tokenizer, seed: int = 0) -> Llama:
-    torch.manual_seed(seed)
-    config = dataclasses.replace(
-        preset(PRESETS, "tiny"),
-        vocab_size=tokenizer.get_vocab_size(),
-        bos_token_id=tokenizer.token_to_id(BOS),
-        eos_token_id=tokenizer.token_to_id(EOS),
-        max_position_embeddings=512,
-    )
-    return Llama(config)
 
 
 def test_labels_cover_only_the_target_and_predict_the_next_token(tokenizer):
@@ -51,8 +36,8 @@ def test_labels_cover_only_the_target_and_predict_the_next_token(tokenizer):
     assert tokenizer.decode(a.ids[1 : a.prompt_length]).strip().endswith("=>")
 
 
-def test_target_loss_equals_cross_entropy_over_target_positions(tokenizer):
-    model = tiny_model(tokenizer)
+def test_target_loss_equals_cross_entropy_over_target_positions(tokenizer, tiny_llama):
+    model = tiny_llama(tokenizer)
     examples = [finetune.encode(tokenizer, e.source, e.target) for e in TASK["train"][:3]]
     batch = supervised.pad_batch(examples, pad_token_id=0)
     loss, count = supervised.target_loss(model, batch)
@@ -75,8 +60,8 @@ def test_task_batches_repeat_exactly_for_a_step(tokenizer):
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "prefix"])
-def test_each_method_trains_only_its_parameters_and_lowers_the_loss(tokenizer, method):
-    model = tiny_model(tokenizer)
+def test_each_method_trains_only_its_parameters_and_lowers_the_loss(tokenizer, method, tiny_llama):
+    model = tiny_llama(tokenizer)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
     config = finetune.FinetuneConfig(
         method=method,
@@ -109,9 +94,9 @@ def test_unknown_method_is_refused():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
+def model_dir(tmp_path_factory, tokenizer, tiny_llama):
     directory = tmp_path_factory.mktemp("base") / "model"
-    return save_model_dir(tiny_model(tokenizer), tokenizer, directory)
+    return save_model_dir(tiny_llama(tokenizer), tokenizer, directory)
 
 
 @pytest.mark.parametrize("method, saved", [("lora", "adapter"), ("prefix", "prefix"), ("full", "model")])

@@ -1,50 +1,34 @@
 """`papernotes llm sft | rejection-sample | dpo | chat` on tiny models; chat is driven through stdin."""
 
-import dataclasses
 import io
 import json
 
 import pytest
-import torch
 
 from papernotes.cli import main
-from papernotes.core.config import preset
 from papernotes.llm.chat import ChatSession
 from papernotes.llm.chat_format import add_chat_tokens, write_chat_template
 from papernotes.llm.generate import GenerationConfig
 from papernotes.llm.llama import Llama
-from papernotes.llm.llama_config import PRESETS
 from papernotes.llm.pretrain import save_model_dir
 from papernotes.llm.responses import respond
 from papernotes.llm.tasks.instructions import PRESETS as TASK_PRESETS
 from papernotes.llm.tasks.instructions import make_instructions
-from papernotes.llm.tokenizer import BOS, EOS, train_tokenizer
+from papernotes.llm.tokenizer import train_tokenizer
 
 SPLITS = make_instructions(TASK_PRESETS["tiny"])
 SMALL = ["--train-size", "14", "--eval-size", "7"]
 
 
-def _model(tokenizer, seed, layers=2):
-    torch.manual_seed(seed)
-    config = dataclasses.replace(
-        preset(PRESETS, "tiny"),
-        vocab_size=tokenizer.get_vocab_size(),
-        bos_token_id=tokenizer.token_to_id(BOS),
-        eos_token_id=tokenizer.token_to_id(EOS),
-        num_hidden_layers=layers,
-        max_position_embeddings=128,
-    )
-    return Llama(config).eval()
-
-
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory):
+def rig(tmp_path_factory, tiny_llama):
     """<root>/target (a tiny chat model) and <root>/draft beside it; plus the tokenizer."""
     root = tmp_path_factory.mktemp("models")
     tokenizer = train_tokenizer((t for e in SPLITS["train"] for t in (e.prompt, e.answer)), vocab_size=400)
     add_chat_tokens(tokenizer)
     for name, seed, layers in (("target", 0, 2), ("draft", 1, 1)):
-        save_model_dir(_model(tokenizer, seed, layers), tokenizer, root / name)
+        model = tiny_llama(tokenizer, seed, num_hidden_layers=layers, max_position_embeddings=128)
+        save_model_dir(model, tokenizer, root / name)
         write_chat_template(root / name)
     return root, tokenizer
 

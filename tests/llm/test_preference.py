@@ -1,6 +1,5 @@
 """DPO: the loss equals trl's on the same log-probabilities; masks, rejection sampling, training, errors."""
 
-import dataclasses
 import math
 from collections import defaultdict
 from types import SimpleNamespace
@@ -8,16 +7,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from papernotes.core.config import preset
 from papernotes.errors import DataError
 from papernotes.llm import preference
 from papernotes.llm.chat_format import add_chat_tokens
-from papernotes.llm.llama import Llama
-from papernotes.llm.llama_config import PRESETS
 from papernotes.llm.responses import Response
 from papernotes.llm.tasks.instructions import PRESETS as TASK_PRESETS
 from papernotes.llm.tasks.instructions import make_instructions
-from papernotes.llm.tokenizer import BOS, EOS, train_tokenizer
+from papernotes.llm.tokenizer import train_tokenizer
 
 SPLITS = make_instructions(TASK_PRESETS["tiny"])
 
@@ -27,19 +23,6 @@ def tokenizer():
     tok = train_tokenizer((t for e in SPLITS["train"] for t in (e.prompt, e.answer)), vocab_size=400)
     add_chat_tokens(tok)
     return tok
-
-
-def tiny_model(tokenizer, seed=0, **overrides) -> Llama:
-    torch.manual_seed(seed)
-    config = dataclasses.replace(
-        preset(PRESETS, "tiny"),
-        vocab_size=tokenizer.get_vocab_size(),
-        bos_token_id=tokenizer.token_to_id(BOS),
-        eos_token_id=tokenizer.token_to_id(EOS),
-        max_position_embeddings=512,
-        **overrides,
-    )
-    return Llama(config)
 
 
 def _trl_loss(per_token_logps, completion_mask, ref_chosen, ref_rejected, beta, alpha):
@@ -106,7 +89,9 @@ def test_only_the_final_replys_content_counts(tokenizer):
     assert tokenizer.decode(kept, skip_special_tokens=False) == "6"  # no header, no <|eot_id|>, no "4"
 
 
-def test_rejection_sampling_keeps_the_shortest_correct_answer_and_pairs_it(tokenizer, monkeypatch):
+def test_rejection_sampling_keeps_the_shortest_correct_answer_and_pairs_it(
+    tokenizer, monkeypatch, tiny_llama
+):
     examples = [e for e in SPLITS["test"] if e.task == "arithmetic"][:2]
     answer = examples[0].answer
     canned = [
@@ -118,7 +103,7 @@ def test_rejection_sampling_keeps_the_shortest_correct_answer_and_pairs_it(token
         [Response("nope", [1], True)] * 3,  # no correct sample: the prompt is dropped
     ]
     monkeypatch.setattr(preference, "respond", lambda *args, **kwargs: canned)
-    model = tiny_model(tokenizer)
+    model = tiny_llama(tokenizer)
     result = preference.rejection_sample(model, tokenizer, examples, k=3)
     assert result.best == [(examples[0], answer)]
     assert result.pairs == [
@@ -127,14 +112,14 @@ def test_rejection_sampling_keeps_the_shortest_correct_answer_and_pairs_it(token
     assert result.pass_at_k == 0.5 and result.sample_accuracy == pytest.approx(2 / 6)
 
 
-def test_dpo_raises_the_preference_accuracy_on_its_pairs(tokenizer):
+def test_dpo_raises_the_preference_accuracy_on_its_pairs(tokenizer, tiny_llama):
     # chosen and rejected replies of similar length: the right number against a wrong one
     examples = [e for e in SPLITS["train"] if e.task in ("arithmetic", "convert")][:12]
     pairs = [
         preference.PreferencePair(({"role": "user", "content": e.prompt},), e.answer, str(int(e.answer) + 7))
         for e in examples
     ]
-    policy, reference = tiny_model(tokenizer), tiny_model(tokenizer)
+    policy, reference = tiny_llama(tokenizer), tiny_llama(tokenizer)
     before = preference.preference_accuracy(policy, tokenizer, pairs)
     config = preference.DPOConfig(steps=30, batch_size=6, lr=3e-3, precision="fp32")
     losses = preference.dpo(policy, reference, tokenizer, pairs, config, progress=False)
@@ -142,11 +127,11 @@ def test_dpo_raises_the_preference_accuracy_on_its_pairs(tokenizer):
     assert after > before and after >= 0.9 and losses[-1] < losses[0]
 
 
-def test_bad_references_and_empty_pairs_are_clear_errors(tokenizer):
-    policy = tiny_model(tokenizer)
-    other = tiny_model(tokenizer, num_hidden_layers=1)
+def test_bad_references_and_empty_pairs_are_clear_errors(tokenizer, tiny_llama):
+    policy = tiny_llama(tokenizer)
+    other = tiny_llama(tokenizer, num_hidden_layers=1)
     pair = preference.PreferencePair(({"role": "user", "content": "hi"},), "a", "b")
     with pytest.raises(DataError, match="does not fit the policy.*num_hidden_layers"):
         preference.dpo(policy, other, tokenizer, [pair], preference.DPOConfig(steps=1))
     with pytest.raises(DataError, match="no preference pairs"):
-        preference.dpo(policy, tiny_model(tokenizer), tokenizer, [], preference.DPOConfig(steps=1))
+        preference.dpo(policy, tiny_llama(tokenizer), tokenizer, [], preference.DPOConfig(steps=1))

@@ -5,16 +5,13 @@ import dataclasses
 import pytest
 import torch
 
-from papernotes.core.config import preset
 from papernotes.errors import DataError
 from papernotes.llm import sft
 from papernotes.llm.chat_format import add_chat_tokens
-from papernotes.llm.llama import Llama
-from papernotes.llm.llama_config import PRESETS
 from papernotes.llm.supervised import pad_batch, target_loss
 from papernotes.llm.tasks.instructions import PRESETS as TASK_PRESETS
 from papernotes.llm.tasks.instructions import conversation, make_instructions
-from papernotes.llm.tokenizer import BOS, EOS, train_tokenizer
+from papernotes.llm.tokenizer import train_tokenizer
 
 SPLITS = make_instructions(TASK_PRESETS["tiny"])
 CONVERSATIONS = [conversation(e) for e in SPLITS["train"]]
@@ -27,22 +24,10 @@ def tokenizer():
     return tok
 
 
-def tiny_model(tokenizer, vocab_size=None, seed=0) -> Llama:
-    torch.manual_seed(seed)
-    config = dataclasses.replace(
-        preset(PRESETS, "tiny"),
-        vocab_size=vocab_size or tokenizer.get_vocab_size(),
-        bos_token_id=tokenizer.token_to_id(BOS),
-        eos_token_id=tokenizer.token_to_id(EOS),
-        max_position_embeddings=512,
-    )
-    return Llama(config)
-
-
-def test_a_user_token_is_context_not_a_target(tokenizer):
+def test_a_user_token_is_context_not_a_target(tokenizer, tiny_llama):
     """Changing a user token leaves every label as it was (no loss is taken on it); it still conditions
     the assistant's tokens, so the loss value moves, while changing an assistant token changes a label."""
-    model = tiny_model(tokenizer)
+    model = tiny_llama(tokenizer)
     base = [{"role": "user", "content": "What is 3 plus 4?"}, {"role": "assistant", "content": "7"}]
     (a,) = sft.encode_conversations(tokenizer, [base])
     (b,) = sft.encode_conversations(tokenizer, [base])
@@ -64,8 +49,8 @@ def test_a_user_token_is_context_not_a_target(tokenizer):
     assert not pad_batch([c], 0)["labels"].eq(pad_batch([a], 0)["labels"]).all()
 
 
-def test_packed_batches_give_the_same_loss_as_padded_ones(tokenizer):
-    model = tiny_model(tokenizer)
+def test_packed_batches_give_the_same_loss_as_padded_ones(tokenizer, tiny_llama):
+    model = tiny_llama(tokenizer)
     encoded = sft.encode_conversations(tokenizer, CONVERSATIONS[:9])
     packed = sft.pack_batch(encoded, max_length=160, pad_token_id=0)
     padded = pad_batch(encoded, 0)
@@ -93,9 +78,9 @@ def test_a_conversation_without_an_assistant_turn_is_refused(tokenizer):
         sft.encode_conversations(tokenizer, [CONVERSATIONS[0], [{"role": "user", "content": "hi"}]])
 
 
-def test_growing_the_vocabulary_keeps_old_logits_and_ties():
+def test_growing_the_vocabulary_keeps_old_logits_and_ties(tiny_llama):
     tok = train_tokenizer(["some text for a tokenizer"] * 10, vocab_size=270)
-    model = tiny_model(tok)
+    model = tiny_llama(tok)
     ids = torch.tensor([[1, 5, 9]])
     with torch.no_grad():
         before = model(ids)
@@ -109,8 +94,8 @@ def test_growing_the_vocabulary_keeps_old_logits_and_ties():
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_sft_lowers_the_assistant_loss(tokenizer, method):
-    model = tiny_model(tokenizer)
+def test_sft_lowers_the_assistant_loss(tokenizer, method, tiny_llama):
+    model = tiny_llama(tokenizer)
     lr = {"full": 3e-3, "lora": 3e-2}[method]
     config = sft.SFTConfig(method=method, steps=60, batch_size=4, max_length=256, lr=lr, precision="fp32")
     result = sft.sft(model, tokenizer, CONVERSATIONS, config, progress=False)
