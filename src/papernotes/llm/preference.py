@@ -28,10 +28,10 @@ from tokenizers import Tokenizer
 
 from papernotes.core.train import train
 from papernotes.errors import ConfigError, DataError
-from papernotes.llm.chat_format import EOT, Message, encode_chat
+from papernotes.llm.chat_format import EOT, START_HEADER, Message, encode_chat
 from papernotes.llm.llama import Llama
 from papernotes.llm.responses import respond
-from papernotes.llm.supervised import recipe_train_config
+from papernotes.llm.supervised import IGNORE, Encoded, pad_batch, recipe_train_config
 from papernotes.llm.tasks.instructions import Instruction, verify
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def rejection_sample(
         ranked = sorted(zip(correct, logps.tolist()), key=lambda rl: (len(rl[0].ids), -rl[1]))
         winner = ranked[0][0].text
         best.append((example, winner))
-        if wrong:  # the most likely wrong answer is the most useful contrast
+        if wrong:  # the first wrong sample of the same prompt is the contrast
             pairs.append(PreferencePair(tuple(prompt), winner, wrong[0].text))
     total = max(1, len(examples) * k)
     return RejectionResult(best, pairs, hits / max(1, len(examples)), correct_total / total)
@@ -106,29 +106,27 @@ def response_mask(tokenizer: Tokenizer, messages: Sequence[Message]) -> tuple[li
     chat = encode_chat(tokenizer, messages)
     eot = tokenizer.token_to_id(EOT)
     mask = [m and t != eot for t, m in zip(chat.ids, chat.assistant_mask)]
-    last_start = max(i for i, t in enumerate(chat.ids) if t == tokenizer.token_to_id("<|start_header_id|>"))
+    last_start = max(i for i, t in enumerate(chat.ids) if t == tokenizer.token_to_id(START_HEADER))
     return chat.ids, [m and i > last_start for i, m in enumerate(mask)]
 
 
-def _padded(
-    tokenizer: Tokenizer, conversations: Sequence[Sequence[Message]]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    encoded = [response_mask(tokenizer, c) for c in conversations]
-    L = max(len(ids) for ids, _ in encoded)
-    pad = tokenizer.token_to_id(EOT)
-    ids = torch.full((len(encoded), L), pad, dtype=torch.long)  # (b, L)
-    mask = torch.zeros(len(encoded), L, dtype=torch.bool)  # (b, L)
-    for row, (seq, m) in enumerate(encoded):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = torch.tensor(m)
-    return ids, mask
+def reply_batch(tokenizer: Tokenizer, conversations: Sequence[Sequence[Message]]) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``labels`` (b, L - 1) whose only targets are each final reply's
+    content tokens."""
+    encoded = []
+    for messages in conversations:
+        ids, mask = response_mask(tokenizer, messages)
+        encoded.append(Encoded(ids, 0, mask))
+    return pad_batch(encoded, tokenizer.token_to_id(EOT))
 
 
-def token_logprobs(model: Llama, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(b, L - 1) log π(token t | tokens < t) at masked positions, 0 elsewhere (right-padded rows)."""
-    logits = model(ids[:, :-1]).float()  # (b, L - 1, V)
-    logps = torch.gather(F.log_softmax(logits, dim=-1), 2, ids[:, 1:, None]).squeeze(2)  # (b, L - 1)
-    return logps * mask[:, 1:]
+def token_logprobs(model: Llama, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(b, L - 1) log π(label | tokens before it) where a label is set, 0 elsewhere."""
+    logits = model(batch["input_ids"]).float()  # (b, L - 1, V)
+    labels = batch["labels"]
+    keep = labels != IGNORE
+    logps = torch.gather(F.log_softmax(logits, dim=-1), 2, labels.clamp(min=0)[..., None]).squeeze(2)
+    return logps * keep
 
 
 @torch.no_grad()
@@ -138,8 +136,9 @@ def sequence_logprobs(
     """Summed log-probability of each conversation's final reply (content tokens only)."""
     out = []
     for start in range(0, len(conversations), batch_size):
-        ids, mask = _padded(tokenizer, conversations[start : start + batch_size])
-        out.append(token_logprobs(model, ids, mask).sum(1))
+        out.append(
+            token_logprobs(model, reply_batch(tokenizer, conversations[start : start + batch_size])).sum(1)
+        )
     return torch.cat(out)
 
 
@@ -193,23 +192,17 @@ class PreferenceBatches:
     ):
         self.chosen = [p.conversation("chosen") for p in pairs]
         self.rejected = [p.conversation("rejected") for p in pairs]
-        self.tokenizer, self.ref_chosen, self.ref_rejected, self.config = (
-            tokenizer,
-            ref_chosen,
-            ref_rejected,
-            config,
-        )
+        self.tokenizer, self.config = tokenizer, config
+        self.ref_chosen, self.ref_rejected = ref_chosen, ref_rejected
 
     def __call__(self, step: int, micro_step: int = 0) -> dict[str, torch.Tensor]:
         gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step * 1_009 + micro_step)
         rows = torch.randint(0, len(self.chosen), (self.config.batch_size,), generator=gen)
-        chosen_ids, chosen_mask = _padded(self.tokenizer, [self.chosen[i] for i in rows])
-        rejected_ids, rejected_mask = _padded(self.tokenizer, [self.rejected[i] for i in rows])
-        return {
-            "chosen_ids": chosen_ids, "chosen_mask": chosen_mask,
-            "rejected_ids": rejected_ids, "rejected_mask": rejected_mask,
-            "ref_chosen": self.ref_chosen[rows], "ref_rejected": self.ref_rejected[rows],
-        }  # fmt: skip
+        batch = {"ref_chosen": self.ref_chosen[rows], "ref_rejected": self.ref_rejected[rows]}
+        for side, conversations in (("chosen", self.chosen), ("rejected", self.rejected)):
+            for key, tensor in reply_batch(self.tokenizer, [conversations[i] for i in rows]).items():
+                batch[f"{side}_{key}"] = tensor  # chosen_input_ids, chosen_labels, rejected_...
+        return batch
 
 
 def dpo(
@@ -229,9 +222,11 @@ def dpo(
     batches = PreferenceBatches(tokenizer, pairs, ref_chosen, ref_rejected, config)
 
     def loss_fn(model, batch):
-        chosen = token_logprobs(model, batch["chosen_ids"], batch["chosen_mask"])  # (b, L - 1)
-        rejected = token_logprobs(model, batch["rejected_ids"], batch["rejected_mask"])
-        tokens = batch["chosen_mask"][:, 1:].sum()
+        def side(name: str) -> torch.Tensor:
+            return token_logprobs(model, {k: batch[f"{name}_{k}"] for k in ("input_ids", "labels")})
+
+        chosen, rejected = side("chosen"), side("rejected")  # (b, L - 1) each
+        tokens = (batch["chosen_labels"] != IGNORE).sum()
         nll = -chosen.sum() / tokens.clamp(min=1)
         loss = dpo_loss(
             chosen.sum(1),
@@ -242,7 +237,7 @@ def dpo(
             config.beta,
             config.alpha,
         )
-        return loss, int(batch["chosen_ids"].shape[0])
+        return loss, int(batch["chosen_input_ids"].shape[0])
 
     policy.requires_grad_(True)
     train_config = recipe_train_config(
