@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from papernotes.core.experiments import ExperimentContext, default_cache_dir
-from papernotes.llm.reproduce_decoding import run_decoding
+from papernotes.llm.experiments.decoding import run_decoding
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

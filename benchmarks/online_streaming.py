@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from papernotes.video.online.detectors import DETECTORS, build_detector
+from papernotes.video.online.models import DETECTORS, build_detector
 
 FPS = 4.0  # THUMOS'14 / TVSeries features: one per 6 frames at 24 fps
 

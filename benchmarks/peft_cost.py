@@ -25,11 +25,11 @@ import torch
 
 from papernotes.core.config import preset
 from papernotes.core.train import short_run, train
-from papernotes.llm import lora, prefix_tuning
-from papernotes.llm.generate import GenerationConfig, generate
-from papernotes.llm.llama import Llama
-from papernotes.llm.llama_config import PRESETS
-from papernotes.llm.pretrain import lm_loss
+from papernotes.llm.generation.generate import GenerationConfig, generate
+from papernotes.llm.model.config import PRESETS
+from papernotes.llm.model.llama import Llama
+from papernotes.llm.peft import lora, prefix_tuning
+from papernotes.llm.training.pretrain import lm_loss
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

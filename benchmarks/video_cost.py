@@ -24,7 +24,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from papernotes.video.recognizers import CONSTRUCTORS, build_recognizer
+from papernotes.video.models import CONSTRUCTORS, build_recognizer
 from papernotes.video.train import example_input
 
 

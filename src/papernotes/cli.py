@@ -310,7 +310,7 @@ def _add_seg_commands(sub: argparse._SubParsersAction, common: argparse.Argument
 
 
 def _seg_eval(args: argparse.Namespace) -> int:
-    from papernotes.seg_commands import eval_command, table
+    from papernotes.metrics.segmentation_eval import eval_command, table
 
     print(table(eval_command(args)))
     return 0
@@ -339,10 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from papernotes.core.experiments import run_experiments, select
     from papernotes.core.report import summary
-    from papernotes.geometry.reproduce import EXPERIMENTS as GEOMETRY_EXPERIMENTS
-    from papernotes.llm.reproduce import EXPERIMENTS as LLM_EXPERIMENTS
-    from papernotes.video.online.reproduce import EXPERIMENTS as ONLINE_EXPERIMENTS
-    from papernotes.video.reproduce import EXPERIMENTS as VIDEO_EXPERIMENTS
+    from papernotes.geometry.experiments import EXPERIMENTS as GEOMETRY_EXPERIMENTS
+    from papernotes.llm.experiments.pretrain import EXPERIMENTS as LLM_EXPERIMENTS
+    from papernotes.video.experiments.online_detection import EXPERIMENTS as ONLINE_EXPERIMENTS
+    from papernotes.video.experiments.recognition import EXPERIMENTS as VIDEO_EXPERIMENTS
 
     experiments = [*LLM_EXPERIMENTS, *VIDEO_EXPERIMENTS, *ONLINE_EXPERIMENTS, *GEOMETRY_EXPERIMENTS]
     if args.list:

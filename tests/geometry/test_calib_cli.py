@@ -7,7 +7,7 @@ import pytest
 from papernotes.cli import main
 from papernotes.geometry.calibration import CameraCalibration
 from papernotes.geometry.calibration_io import load_calibration
-from papernotes.geometry.reproduce import PATTERN, SQUARE, rig_truth
+from papernotes.geometry.experiments import PATTERN, SQUARE, rig_truth
 from papernotes.geometry.rig import RigCalibration
 from papernotes.geometry.stereo import StereoCalibration
 from papernotes.geometry.synthetic_board import board_in_view, random_poses, render_rig

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from papernotes.core.experiments import ExperimentContext
-from papernotes.geometry.reproduce import GOALS, run_calibration
+from papernotes.geometry.experiments import GOALS, run_calibration
 
 
 def test_calibration_experiment_reports_every_camera_and_the_goals(tmp_path: Path):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from papernotes.geometry.calibration import calibrate_from_corners
-from papernotes.geometry.reproduce import IMAGE_SIZE, PATTERN, SQUARE, rig_truth
+from papernotes.geometry.experiments import IMAGE_SIZE, PATTERN, SQUARE, rig_truth
 from papernotes.geometry.rig import solve_rig
 from papernotes.geometry.synthetic_board import board_in_view, board_points, random_poses
 

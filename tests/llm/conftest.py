@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from papernotes.core.config import preset
-from papernotes.llm.llama import Llama
-from papernotes.llm.llama_config import PRESETS
-from papernotes.llm.tokenizer import BOS, EOS
+from papernotes.llm.model.config import PRESETS
+from papernotes.llm.model.llama import Llama
+from papernotes.llm.model.tokenizer import BOS, EOS
 
 
 @pytest.fixture(scope="session")

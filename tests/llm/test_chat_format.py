@@ -3,14 +3,14 @@
 import pytest
 
 from papernotes.errors import DataError
-from papernotes.llm.chat_format import (
+from papernotes.llm.data.chat_format import (
     CHAT_TOKENS,
     add_chat_tokens,
     encode_chat,
     render_chat,
     write_chat_template,
 )
-from papernotes.llm.tokenizer import save_tokenizer, train_tokenizer
+from papernotes.llm.model.tokenizer import save_tokenizer, train_tokenizer
 
 TEXTS = [
     "What is 12 plus 30?",

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from papernotes.cli import main
-from papernotes.llm.llama import Llama
+from papernotes.llm.model.llama import Llama
 
 TINY = [
     "--model",

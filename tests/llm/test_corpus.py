@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from papernotes.errors import DataError
-from papernotes.llm.corpus import LMBatches, is_validation, iter_documents, split_documents
+from papernotes.llm.data.corpus import LMBatches, is_validation, iter_documents, split_documents
 
 
 def test_stdlib_corpus_is_found_and_excludes_test_suites():

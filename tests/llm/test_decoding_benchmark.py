@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from papernotes.core.config import preset
-from papernotes.llm.decoding_benchmark import benchmark_decoders, validation_prompts
-from papernotes.llm.generate import generate
-from papernotes.llm.hf_reference import hf_decoder, load_hf_model
-from papernotes.llm.llama import Llama
-from papernotes.llm.llama_config import PRESETS
+from papernotes.llm.generation.benchmark import benchmark_decoders, validation_prompts
+from papernotes.llm.generation.generate import generate
+from papernotes.llm.generation.hf_reference import hf_decoder, load_hf_model
+from papernotes.llm.model.config import PRESETS
+from papernotes.llm.model.llama import Llama
 
 
 @pytest.fixture(scope="module")

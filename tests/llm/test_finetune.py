@@ -8,11 +8,14 @@ import torch.nn.functional as F
 
 from papernotes.cli import main
 from papernotes.core.config import preset
+from papernotes.core.train import IGNORE_INDEX
 from papernotes.errors import ConfigError
-from papernotes.llm import finetune, lora, prefix_tuning, supervised
-from papernotes.llm.pretrain import save_model_dir
-from papernotes.llm.tasks import table2text
-from papernotes.llm.tokenizer import EOS, train_tokenizer
+from papernotes.llm.data import supervised
+from papernotes.llm.data.tasks import table2text
+from papernotes.llm.model.tokenizer import EOS, train_tokenizer
+from papernotes.llm.peft import lora, prefix_tuning
+from papernotes.llm.training import finetune
+from papernotes.llm.training.pretrain import save_model_dir
 
 TASK = table2text.make_table2text(preset(table2text.PRESETS, "tiny"))
 
@@ -29,7 +32,7 @@ def test_labels_cover_only_the_target_and_predict_the_next_token(tokenizer):
     assert batch["input_ids"].shape == batch["labels"].shape == (2, max(len(a.ids), len(b.ids)) - 1)
     for row, e in enumerate((a, b)):
         labels = batch["labels"][row]
-        kept = labels != supervised.IGNORE
+        kept = labels != IGNORE_INDEX
         assert kept.sum() == len(e.ids) - e.prompt_length  # target tokens and EOS, nothing else
         assert labels[kept].tolist() == e.ids[e.prompt_length :]
         assert labels[kept][-1] == tokenizer.token_to_id(EOS)
@@ -46,7 +49,7 @@ def test_target_loss_equals_cross_entropy_over_target_positions(tokenizer, tiny_
         F.cross_entropy(logits[r, t], batch["labels"][r, t])
         for r in range(3)
         for t in range(batch["labels"].shape[1])
-        if batch["labels"][r, t] != supervised.IGNORE
+        if batch["labels"][r, t] != IGNORE_INDEX
     ]
     assert count == len(manual)
     torch.testing.assert_close(loss, torch.stack(manual).mean())

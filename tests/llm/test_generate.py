@@ -3,10 +3,10 @@ import torch
 
 from papernotes.core.config import preset
 from papernotes.errors import DataError
-from papernotes.llm.generate import GenerationConfig, generate
-from papernotes.llm.llama import Llama
-from papernotes.llm.llama_config import PRESETS
-from papernotes.llm.sampling import logits_to_probs
+from papernotes.llm.generation.generate import GenerationConfig, generate
+from papernotes.llm.generation.sampling import logits_to_probs
+from papernotes.llm.model.config import PRESETS
+from papernotes.llm.model.llama import Llama
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_prompt_longer_than_the_context_is_a_clear_error(model):
 
 
 def test_decode_stats_derive_tau_and_alpha_from_counts():
-    from papernotes.llm.generate import DecodeStats
+    from papernotes.llm.generation.generate import DecodeStats
 
     stats = DecodeStats(tokens=7, target_calls=3, accepted_per_step=[1, 4, 2], wall_s=2.0)
     for position, accepted in [(0, True), (1, True), (2, False), (0, True), (1, False)]:
@@ -67,7 +67,7 @@ def test_decode_stats_derive_tau_and_alpha_from_counts():
 
 
 def test_emit_tokens_cuts_exactly_at_eos_or_the_budget():
-    from papernotes.llm.generate import DecodeStats, emit_tokens
+    from papernotes.llm.generation.generate import DecodeStats, emit_tokens
 
     stats, new = DecodeStats(), [7]
     assert not emit_tokens([1, 2], new, GenerationConfig(max_new_tokens=5, eos_token_id=9), stats)
@@ -77,7 +77,7 @@ def test_emit_tokens_cuts_exactly_at_eos_or_the_budget():
 
 
 def test_decode_stats_add_sums_counts_and_positions():
-    from papernotes.llm.generate import DecodeStats
+    from papernotes.llm.generation.generate import DecodeStats
 
     a, b = DecodeStats(tokens=3, target_calls=2, accepted_per_step=[1, 2], wall_s=1.0), DecodeStats(tokens=4)
     a.record_position(0, True)
@@ -90,8 +90,8 @@ def test_decode_stats_add_sums_counts_and_positions():
 
 @pytest.mark.parametrize("with_prefix", [False, True], ids=["plain", "prefix"])
 def test_batched_generation_equals_one_prompt_at_a_time(with_prefix):
-    from papernotes.llm.generate import generate_batch
-    from papernotes.llm.prefix_tuning import PrefixTuningConfig, apply_prefix_tuning
+    from papernotes.llm.generation.generate import generate_batch
+    from papernotes.llm.peft.prefix_tuning import PrefixTuningConfig, apply_prefix_tuning
 
     torch.manual_seed(0)
     model = Llama(preset(PRESETS, "tiny")).eval()

@@ -3,7 +3,7 @@
 import pytest
 
 from papernotes.errors import ConfigError
-from papernotes.llm.tasks.instructions import (
+from papernotes.llm.data.tasks.instructions import (
     PHRASINGS,
     PRESETS,
     TASKS,

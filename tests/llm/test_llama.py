@@ -9,8 +9,8 @@ from transformers import DynamicCache
 
 from papernotes.core.config import preset
 from papernotes.errors import ConfigError, DataError
-from papernotes.llm.llama import Llama
-from papernotes.llm.llama_config import PRESETS, LlamaConfig
+from papernotes.llm.model.config import PRESETS, LlamaConfig
+from papernotes.llm.model.llama import Llama
 from papernotes.nn.attention import causal_mask
 from papernotes.nn.rope import rope_inverse_frequencies
 

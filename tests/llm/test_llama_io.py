@@ -10,8 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from papernotes.core.config import preset
 from papernotes.errors import CheckpointError, ShapeMismatchError
-from papernotes.llm.llama import Llama
-from papernotes.llm.llama_config import PRESETS, LlamaConfig
+from papernotes.llm.model.config import PRESETS, LlamaConfig
+from papernotes.llm.model.llama import Llama
 
 
 def tiny(**changes) -> LlamaConfig:

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from papernotes.errors import ConfigError, DataError
-from papernotes.llm.generate import GenerationConfig, generate
-from papernotes.llm.llama import Llama
-from papernotes.llm.llama_config import PRESETS
-from papernotes.llm.lookup import find_lookup_draft, lookup_generate
+from papernotes.llm.generation.generate import GenerationConfig, generate
+from papernotes.llm.generation.lookup import find_lookup_draft, lookup_generate
+from papernotes.llm.model.config import PRESETS
+from papernotes.llm.model.llama import Llama
 from papernotes.nn.kv_cache import KVCache
 
 

@@ -11,10 +11,10 @@ from safetensors.torch import load_file, save_file
 
 from papernotes.core.config import preset
 from papernotes.errors import CheckpointError, ConfigError, ShapeMismatchError
-from papernotes.llm import lora
-from papernotes.llm.llama import Llama
-from papernotes.llm.llama_config import PRESETS
-from papernotes.llm.lora import LoraConfig
+from papernotes.llm.model.config import PRESETS
+from papernotes.llm.model.llama import Llama
+from papernotes.llm.peft import lora
+from papernotes.llm.peft.lora import LoraConfig
 
 INPUT_IDS = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1))
 
@@ -155,7 +155,7 @@ def test_peft_adapter_loads_in_ours_with_equal_logits(tmp_path):
 
 @torch.no_grad()
 def test_lora_model_generates_like_the_merged_model():
-    from papernotes.llm.generate import GenerationConfig, generate
+    from papernotes.llm.generation.generate import GenerationConfig, generate
 
     model = build()
     lora.apply_lora(model, LoraConfig(r=4))

@@ -11,10 +11,8 @@ import torch.nn.functional as F
 from papernotes.core.config import preset
 from papernotes.core.train import TrainConfig, train
 from papernotes.errors import CheckpointError, ConfigError, DataError, ShapeMismatchError
-from papernotes.llm.generate import GenerationConfig, generate
-from papernotes.llm.llama import Llama
-from papernotes.llm.llama_config import PRESETS
-from papernotes.llm.medusa import (
+from papernotes.llm.generation.generate import GenerationConfig, generate
+from papernotes.llm.generation.medusa import (
     MedusaConfig,
     add_medusa_heads,
     evaluate_posterior,
@@ -25,14 +23,21 @@ from papernotes.llm.medusa import (
     tree_decode,
     typical_acceptance,
 )
-from papernotes.llm.medusa_train import (
+from papernotes.llm.generation.medusa.train import (
     calibrate_tree,
     head_topk_accuracy,
     medusa_head_losses,
     medusa_loss,
     train_medusa,
 )
-from papernotes.llm.medusa_tree import build_tree, expected_accepted, greedy_tree, longest_accepted_path
+from papernotes.llm.generation.medusa.tree import (
+    build_tree,
+    expected_accepted,
+    greedy_tree,
+    longest_accepted_path,
+)
+from papernotes.llm.model.config import PRESETS
+from papernotes.llm.model.llama import Llama
 from papernotes.nn.kv_cache import KVCache
 
 PERIOD = 12  # the synthetic text repeats a cycle of 12 distinct tokens

@@ -9,10 +9,8 @@ import torch.nn.functional as F
 from papernotes.core.config import preset
 from papernotes.core.train import TrainConfig, train
 from papernotes.errors import CheckpointError, ConfigError, DataError, ShapeMismatchError
-from papernotes.llm.generate import GenerationConfig, generate
-from papernotes.llm.llama import Llama
-from papernotes.llm.llama_config import PRESETS
-from papernotes.llm.multi_token import (
+from papernotes.llm.generation.generate import GenerationConfig, generate
+from papernotes.llm.generation.mtp import (
     MTPConfig,
     MTPTrainingModel,
     _draft,
@@ -26,7 +24,9 @@ from papernotes.llm.multi_token import (
     save_mtp_modules,
     shared_logits,
 )
-from papernotes.llm.sampling import verify_draft
+from papernotes.llm.generation.sampling import verify_draft
+from papernotes.llm.model.config import PRESETS
+from papernotes.llm.model.llama import Llama
 
 PERIOD = 12  # the synthetic text repeats a cycle of 12 distinct tokens
 CYCLE = torch.randperm(250, generator=torch.Generator().manual_seed(5))[:PERIOD] + 3  # avoids bos/eos
@@ -217,7 +217,7 @@ def test_greedy_mtp_equals_greedy_generate(trained, depth):
 
 def _first_modules(modules, depth):
     """The first ``depth`` modules of a trained set, sharing their weights."""
-    from papernotes.llm.multi_token import MTPModules
+    from papernotes.llm.generation.mtp import MTPModules
 
     view = MTPModules(modules.base_config, MTPConfig(depth=depth))
     view.layers = torch.nn.ModuleList(list(modules.layers)[:depth])

@@ -7,14 +7,14 @@ import pytest
 
 from papernotes.cli import main
 from papernotes.llm.chat import ChatSession
-from papernotes.llm.chat_format import add_chat_tokens, write_chat_template
-from papernotes.llm.generate import GenerationConfig
-from papernotes.llm.llama import Llama
-from papernotes.llm.pretrain import save_model_dir
-from papernotes.llm.responses import respond
-from papernotes.llm.tasks.instructions import PRESETS as TASK_PRESETS
-from papernotes.llm.tasks.instructions import make_instructions
-from papernotes.llm.tokenizer import train_tokenizer
+from papernotes.llm.data.chat_format import add_chat_tokens, write_chat_template
+from papernotes.llm.data.tasks.instructions import PRESETS as TASK_PRESETS
+from papernotes.llm.data.tasks.instructions import make_instructions
+from papernotes.llm.generation.generate import GenerationConfig
+from papernotes.llm.generation.responses import respond
+from papernotes.llm.model.llama import Llama
+from papernotes.llm.model.tokenizer import train_tokenizer
+from papernotes.llm.training.pretrain import save_model_dir
 
 SPLITS = make_instructions(TASK_PRESETS["tiny"])
 SMALL = ["--train-size", "14", "--eval-size", "7"]

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from papernotes.errors import DataError
-from papernotes.llm import preference
-from papernotes.llm.chat_format import add_chat_tokens
-from papernotes.llm.responses import Response
-from papernotes.llm.tasks.instructions import PRESETS as TASK_PRESETS
-from papernotes.llm.tasks.instructions import make_instructions
-from papernotes.llm.tokenizer import train_tokenizer
+from papernotes.llm.data.chat_format import add_chat_tokens
+from papernotes.llm.data.tasks.instructions import PRESETS as TASK_PRESETS
+from papernotes.llm.data.tasks.instructions import make_instructions
+from papernotes.llm.generation.responses import Response
+from papernotes.llm.model.tokenizer import train_tokenizer
+from papernotes.llm.training import preference
 
 SPLITS = make_instructions(TASK_PRESETS["tiny"])
 

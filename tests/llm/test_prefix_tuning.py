@@ -10,11 +10,11 @@ import transformers
 
 from papernotes.core.config import preset
 from papernotes.errors import CheckpointError, ConfigError, ShapeMismatchError
-from papernotes.llm import prefix_tuning
-from papernotes.llm.generate import GenerationConfig, generate
-from papernotes.llm.llama import Llama
-from papernotes.llm.llama_config import PRESETS
-from papernotes.llm.prefix_tuning import PrefixTuningConfig
+from papernotes.llm.generation.generate import GenerationConfig, generate
+from papernotes.llm.model.config import PRESETS
+from papernotes.llm.model.llama import Llama
+from papernotes.llm.peft import prefix_tuning
+from papernotes.llm.peft.prefix_tuning import PrefixTuningConfig
 
 INPUT_IDS = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1))
 
@@ -180,7 +180,7 @@ def test_prefix_weights_disagreeing_with_the_config_name_both_shapes(tmp_path):
 
 
 def test_a_lora_directory_is_not_a_prefix(tmp_path):
-    from papernotes.llm import lora
+    from papernotes.llm.peft import lora
 
     model = build()
     lora.apply_lora(model, lora.LoraConfig(r=2))

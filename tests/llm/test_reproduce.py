@@ -5,11 +5,14 @@ import json
 import pytest
 
 from papernotes.cli import main
-from papernotes.geometry import reproduce as geometry_reproduce
-from papernotes.llm import reproduce, reproduce_decoding, reproduce_peft, reproduce_post_training
-from papernotes.llm.llama import Llama
-from papernotes.video import reproduce as video_reproduce
-from papernotes.video.online import reproduce as online_reproduce
+from papernotes.geometry import experiments as geometry_reproduce
+from papernotes.llm.experiments import decoding as reproduce_decoding
+from papernotes.llm.experiments import peft as reproduce_peft
+from papernotes.llm.experiments import post_training as reproduce_post_training
+from papernotes.llm.experiments import pretrain as reproduce
+from papernotes.llm.model.llama import Llama
+from papernotes.video.experiments import online_detection as online_reproduce
+from papernotes.video.experiments import recognition as video_reproduce
 
 
 @pytest.fixture

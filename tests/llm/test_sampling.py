@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from papernotes.errors import ConfigError
-from papernotes.llm.sampling import logits_to_probs, sample
+from papernotes.llm.generation.sampling import logits_to_probs, sample
 
 
 def test_greedy_is_one_hot_on_argmax():

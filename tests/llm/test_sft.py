@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from papernotes.errors import DataError
-from papernotes.llm import sft
-from papernotes.llm.chat_format import add_chat_tokens
-from papernotes.llm.supervised import pad_batch, target_loss
-from papernotes.llm.tasks.instructions import PRESETS as TASK_PRESETS
-from papernotes.llm.tasks.instructions import conversation, make_instructions
-from papernotes.llm.tokenizer import train_tokenizer
+from papernotes.llm.data.chat_format import add_chat_tokens
+from papernotes.llm.data.supervised import pad_batch, target_loss
+from papernotes.llm.data.tasks.instructions import PRESETS as TASK_PRESETS
+from papernotes.llm.data.tasks.instructions import conversation, make_instructions
+from papernotes.llm.model.tokenizer import train_tokenizer
+from papernotes.llm.training import sft
 
 SPLITS = make_instructions(TASK_PRESETS["tiny"])
 CONVERSATIONS = [conversation(e) for e in SPLITS["train"]]
@@ -36,7 +36,7 @@ def test_a_user_token_is_context_not_a_target(tokenizer, tiny_llama):
     b.ids[user] = (a.ids[user] + 1) % tokenizer.get_vocab_size()
     with torch.no_grad():
         loss_a = target_loss(model, pad_batch([a], 0))[0]
-        # the changed token only feeds later positions as context; its own label is IGNORE
+        # the changed token only feeds later positions as context; its own label is IGNORE_INDEX
         assert pad_batch([b], 0)["labels"].eq(pad_batch([a], 0)["labels"]).all()
     # but the loss (which conditions on the user token) still changes: it is a real input
     with torch.no_grad():

@@ -4,7 +4,7 @@ import pytest
 import sacrebleu
 
 from papernotes.errors import ConfigError, DataError
-from papernotes.llm.tasks.table2text import (
+from papernotes.llm.data.tasks.table2text import (
     PRESETS,
     SLOTS,
     VALUES,

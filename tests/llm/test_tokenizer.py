@@ -1,8 +1,8 @@
 import pytest
 
 from papernotes.errors import CheckpointError
-from papernotes.llm.corpus import iter_documents
-from papernotes.llm.tokenizer import (
+from papernotes.llm.data.corpus import iter_documents
+from papernotes.llm.model.tokenizer import (
     BOS,
     EOS,
     encode_documents,

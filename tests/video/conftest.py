@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from papernotes.video.synthetic import make_synthetic
+from papernotes.video.data.synthetic import make_synthetic
 
 TINY = {"clips_per_class": 3, "seed": 0, "size": 32, "num_frames": 8}  # 48 clips: 1 s to write
 

@@ -3,7 +3,7 @@
 import json
 
 from papernotes.cli import main
-from papernotes.video.data import read_rawframe_list, read_video_list
+from papernotes.video.data.datasets import read_rawframe_list, read_video_list
 
 
 def test_make_synthetic_then_flow_from_the_command_line(tmp_path, capsys):

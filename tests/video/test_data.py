@@ -11,15 +11,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from papernotes.errors import ConfigError, DataError
-from papernotes.video import transforms as T
-from papernotes.video.data import (
+from papernotes.video.data import transforms as T
+from papernotes.video.data.datasets import (
     RawFrameDataset,
     VideoDataset,
     read_rawframe_list,
     read_video_list,
     sample_indices,
 )
-from papernotes.video.video_io import FLOW_TEMPLATE, write_frames
+from papernotes.video.data.video_io import FLOW_TEMPLATE, write_frames
 
 # ------------------------------------------------------------------------------------------------ sampling
 

@@ -11,8 +11,8 @@ import pytest
 
 from papernotes.errors import ConfigError, DataError
 from papernotes.video.commands import flow_command
-from papernotes.video.data import RawFrameDataset, read_rawframe_list, read_video_list
-from papernotes.video.flow import (
+from papernotes.video.data.datasets import RawFrameDataset, read_rawframe_list, read_video_list
+from papernotes.video.data.flow import (
     BOUND,
     DONE_FILE,
     compute_flow,
@@ -23,7 +23,7 @@ from papernotes.video.flow import (
     flow_to_uint8,
     read_flow,
 )
-from papernotes.video.video_io import FLOW_TEMPLATE, write_frames, write_video
+from papernotes.video.data.video_io import FLOW_TEMPLATE, write_frames, write_video
 
 STEP = 2 * BOUND / 255  # quantisation step, px
 

@@ -57,7 +57,7 @@ def test_extract_and_stream_a_real_encoded_video(tmp_path, synthetic_dir, capsys
     import torch
 
     from papernotes.video.online.commands import save_detector
-    from papernotes.video.online.detectors import build_detector
+    from papernotes.video.online.models import build_detector
 
     video = sorted((synthetic_dir / "videos").rglob("*.mp4"))[0]  # a real .mp4 (16 fps, 8 frames)
     assert (
@@ -103,7 +103,7 @@ def test_a_checkpoint_that_does_not_fit_its_config_names_the_tensor(tmp_path):
 
     from papernotes.errors import ShapeMismatchError
     from papernotes.video.online.commands import load_detector, save_detector
-    from papernotes.video.online.detectors import build_detector
+    from papernotes.video.online.models import build_detector
 
     save_detector(build_detector("mlp", "tiny"), "mlp", tmp_path / "det", {})
     meta = json.loads((tmp_path / "det" / "detector.json").read_text())

@@ -6,7 +6,7 @@ import torch
 
 from papernotes.core.train import short_run, train
 from papernotes.errors import ConfigError, DataError
-from papernotes.video.online.detectors import DETECTORS, build_detector
+from papernotes.video.online.models import DETECTORS, build_detector
 from papernotes.video.online.stream import stream_scores
 from papernotes.video.online.train import ChunkBatches, detector_loss, labels_of, score_session
 

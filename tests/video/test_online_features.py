@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from papernotes.errors import DataError
-from papernotes.video.online.features import Session, load_sessions, read_data_info, write_sessions
-from papernotes.video.online.synthetic_streams import PRESETS, generate_streams, write_synthetic_streams
+from papernotes.video.online.data.features import Session, load_sessions, read_data_info, write_sessions
+from papernotes.video.online.data.synthetic_streams import PRESETS, generate_streams, write_synthetic_streams
 
 
 def test_synthetic_streams_round_trip_and_are_deterministic(tmp_path):
@@ -92,7 +92,7 @@ def test_oadtr_pickles_load_and_a_malicious_pickle_is_refused(tmp_path):
     import os
     import pickle
 
-    from papernotes.video.online.features import load_oadtr_pickles
+    from papernotes.video.online.data.features import load_oadtr_pickles
 
     rng = np.random.default_rng(0)
     feats = {"v1": {"rgb": rng.normal(size=(6, 4)), "flow": rng.normal(size=(6, 2))}}

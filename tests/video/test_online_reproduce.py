@@ -1,7 +1,7 @@
 """The online-detection experiment end to end at its tiny size."""
 
 from papernotes.core.experiments import ExperimentContext
-from papernotes.video.online.reproduce import MODEL_SETTINGS, run_online_detection
+from papernotes.video.experiments.online_detection import MODEL_SETTINGS, run_online_detection
 
 
 def test_online_detection_reports_every_detector_and_streams_exactly(tmp_path):

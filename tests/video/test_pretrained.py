@@ -6,8 +6,8 @@ import torchvision
 from safetensors.torch import save_file
 
 from papernotes.errors import CheckpointError, ShapeMismatchError
-from papernotes.video.backbone import cross_modality_weight
-from papernotes.video.recognizers import build_recognizer
+from papernotes.video.models import build_recognizer
+from papernotes.video.models.backbone import cross_modality_weight
 
 
 @pytest.fixture(scope="module")

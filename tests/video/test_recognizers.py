@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from papernotes.errors import ConfigError, DataError
-from papernotes.video.recognizers import build_recognizer
+from papernotes.video.models import build_recognizer
 
 K = 4
 

@@ -4,7 +4,7 @@ import torch
 
 from papernotes.cli import main
 from papernotes.core.experiments import ExperimentContext
-from papernotes.video.reproduce import VIDEO_SIZES, run_video_recognition
+from papernotes.video.experiments.recognition import VIDEO_SIZES, run_video_recognition
 
 
 def test_video_recognition_reports_every_model_and_reuses_its_cache(tmp_path, capsys):

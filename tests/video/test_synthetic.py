@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from papernotes.errors import ConfigError
-from papernotes.video import synthetic
 from papernotes.video.commands import make_synthetic_command
-from papernotes.video.data import read_rawframe_list, read_video_list
-from papernotes.video.synthetic import CLASSES, ORDER_SENSITIVE, PAIRS, make_synthetic, render_clip
-from papernotes.video.video_io import read_video
+from papernotes.video.data import synthetic
+from papernotes.video.data.datasets import read_rawframe_list, read_video_list
+from papernotes.video.data.synthetic import CLASSES, ORDER_SENSITIVE, PAIRS, make_synthetic, render_clip
+from papernotes.video.data.video_io import read_video
 
 
 @pytest.mark.parametrize(("first", "second"), PAIRS)

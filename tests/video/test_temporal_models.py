@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from papernotes.errors import DataError
-from papernotes.video.recognizers import CONSTRUCTORS, build_recognizer
-from papernotes.video.tam import TemporalAdaptiveModule
-from papernotes.video.trn import TRN
+from papernotes.video.models import CONSTRUCTORS, build_recognizer
+from papernotes.video.models.tam import TemporalAdaptiveModule
+from papernotes.video.models.trn import TRN
 
 K = 4
 

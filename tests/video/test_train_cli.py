@@ -8,9 +8,9 @@ import torch
 
 from papernotes.cli import main
 from papernotes.errors import CheckpointError
-from papernotes.video.data import read_rawframe_list, write_rawframe_list
-from papernotes.video.flow import extract_flow_list
-from papernotes.video.recognizers import build_recognizer
+from papernotes.video.data.datasets import read_rawframe_list, write_rawframe_list
+from papernotes.video.data.flow import extract_flow_list
+from papernotes.video.models import build_recognizer
 from papernotes.video.train import LoaderBatches, build_dataset, evaluate, load_recognizer, profile_recognizer
 
 TRAIN = ["--steps", "2", "--batch-size", "4", "--num-segments", "2", "--size", "32", "--num-workers", "0"]

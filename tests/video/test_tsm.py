@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from papernotes.errors import ConfigError, DataError
-from papernotes.video.tsm import apply_temporal_shift, set_streaming, temporal_shift
+from papernotes.video.models.tsm import apply_temporal_shift, set_streaming, temporal_shift
 
 
 def frames(N: int = 2, T: int = 4, C: int = 16) -> torch.Tensor:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from papernotes.errors import ConfigError, DataError
-from papernotes.video import video_io
-from papernotes.video.data import VideoDataset, sample_indices
-from papernotes.video.video_io import (
+from papernotes.video.data import video_io
+from papernotes.video.data.datasets import VideoDataset, sample_indices
+from papernotes.video.data.video_io import (
     atomic_output_dir,
     read_frames,
     read_video,

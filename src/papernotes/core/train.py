@@ -53,6 +53,8 @@ from papernotes.errors import CheckpointError, ConfigError, DataError, TrainingE
 
 logger = logging.getLogger(__name__)
 
+IGNORE_INDEX = -100  # the label of positions that carry no loss (F.cross_entropy's ignore_index)
+
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, "int | torch.Tensor"]]
 BatchFn = Callable[[int, int], Batch]

@@ -4,10 +4,10 @@
 (dropping the oldest turns first, then the start of an over-long message, and saying so in
 ``notices``), decodes the assistant turn until ``<|eot_id|>``, and yields the text as it grows.
 
-With a lossless accelerator (a draft model, Medusa heads or MTP modules; :mod:`papernotes.llm.decoders`)
-the reply is decoded in chunks of ``chunk`` tokens by that method, each chunk continuing from the whole
-context, so greedy replies are token for token those of plain decoding and sampled ones follow the same
-distribution; plain decoding streams token by token.
+With a lossless accelerator (a draft model, Medusa heads or MTP modules;
+:mod:`papernotes.llm.generation.decoders`) the reply is decoded in chunks of ``chunk`` tokens by that
+method, each chunk continuing from the whole context, so greedy replies are token for token those of plain
+decoding and sampled ones follow the same distribution; plain decoding streams token by token.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import torch
 from tokenizers import Tokenizer
 
-from papernotes.llm.chat_format import EOT, Message, encode_chat
-from papernotes.llm.generate import DecodeStats, GenerationConfig, stream
-from papernotes.llm.llama import Llama
+from papernotes.llm.data.chat_format import EOT, Message, encode_chat
+from papernotes.llm.generation.generate import DecodeStats, GenerationConfig, stream
+from papernotes.llm.model.llama import Llama
 
 Decoder = Callable[[torch.Tensor, GenerationConfig], tuple[torch.Tensor, DecodeStats]]
 

@@ -20,14 +20,18 @@ from papernotes.core.config import apply_overrides, preset
 from papernotes.core.experiments import default_cache_dir
 from papernotes.core.train import TrainConfig, process_rank, short_run, train
 from papernotes.errors import CheckpointError
-from papernotes.llm import hf_io, medusa, medusa_train, multi_token
-from papernotes.llm.corpus import LMBatches
-from papernotes.llm.decoders import build_decoder
-from papernotes.llm.decoding_benchmark import validation_prompts
-from papernotes.llm.generate import DecodeStats, GenerationConfig
-from papernotes.llm.llama import Llama
-from papernotes.llm.llama_config import PRESETS, LlamaConfig
-from papernotes.llm.pretrain import (
+from papernotes.llm.data.corpus import LMBatches
+from papernotes.llm.generation import medusa
+from papernotes.llm.generation import mtp as multi_token
+from papernotes.llm.generation.benchmark import validation_prompts
+from papernotes.llm.generation.decoders import build_decoder
+from papernotes.llm.generation.generate import DecodeStats, GenerationConfig
+from papernotes.llm.generation.medusa import train as medusa_train
+from papernotes.llm.model import hf_io
+from papernotes.llm.model.config import PRESETS, LlamaConfig
+from papernotes.llm.model.llama import Llama
+from papernotes.llm.model.tokenizer import EOS, load_tokenizer
+from papernotes.llm.training.pretrain import (
     CorpusData,
     encode_corpus,
     model_config_for,
@@ -35,7 +39,6 @@ from papernotes.llm.pretrain import (
     pretrain,
     save_model_dir,
 )
-from papernotes.llm.tokenizer import EOS, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +214,9 @@ def load_training_weights(model: Llama, checkpoint_dir: Path) -> None:
 
 def finetune_command(args: argparse.Namespace) -> dict[str, Any]:
     """``papernotes llm finetune``: full / LoRA / prefix fine-tuning on a task, then test metrics."""
-    from papernotes.llm import finetune, lora, prefix_tuning
-    from papernotes.llm.tasks import table2text
+    from papernotes.llm.data.tasks import table2text
+    from papernotes.llm.peft import lora, prefix_tuning
+    from papernotes.llm.training import finetune
 
     model_dir = resolve_model_dir(args.model, prefer=PEFT_BASE_DIR)
     tokenizer = load_tokenizer(model_dir)
@@ -261,7 +265,7 @@ def finetune_command(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_adapter_dir(model: Llama, directory: Path) -> str:
     """Attach the LoRA adapter or prefix stored in a peft directory; returns its peft_type."""
-    from papernotes.llm import lora, prefix_tuning
+    from papernotes.llm.peft import lora, prefix_tuning
 
     peft_type = hf_io.read_peft_config(directory)[0].get("peft_type")
     if peft_type == "LORA":

@@ -23,17 +23,18 @@ import torch
 
 from papernotes.core.checkpoint import atomic_write_file
 from papernotes.errors import DataError
-from papernotes.llm import lora, preference, sft
 from papernotes.llm.chat import ChatSession
-from papernotes.llm.chat_format import write_chat_template
 from papernotes.llm.commands import resolve_model_dir
-from papernotes.llm.decoders import build_decoder
-from papernotes.llm.generate import GenerationConfig
-from papernotes.llm.llama import Llama
-from papernotes.llm.pretrain import save_model_dir
-from papernotes.llm.responses import score_instructions
-from papernotes.llm.tasks.instructions import InstructionConfig, conversation, make_instructions
-from papernotes.llm.tokenizer import load_tokenizer
+from papernotes.llm.data.chat_format import write_chat_template
+from papernotes.llm.data.tasks.instructions import InstructionConfig, conversation, make_instructions
+from papernotes.llm.generation.decoders import build_decoder
+from papernotes.llm.generation.generate import GenerationConfig
+from papernotes.llm.generation.responses import score_instructions
+from papernotes.llm.model.llama import Llama
+from papernotes.llm.model.tokenizer import load_tokenizer
+from papernotes.llm.peft import lora
+from papernotes.llm.training import preference, sft
+from papernotes.llm.training.pretrain import save_model_dir
 
 logger = logging.getLogger(__name__)
 

@@ -15,14 +15,14 @@ import torch
 
 from papernotes.core.checkpoint import refuse_non_empty
 from papernotes.errors import ConfigError, DataError
-from papernotes.video.flow import extract_flow_list
-from papernotes.video.synthetic import make_synthetic
+from papernotes.video.data.flow import extract_flow_list
+from papernotes.video.data.synthetic import make_synthetic
 from papernotes.video.train import list_format
 
 
 def make_synthetic_command(args: argparse.Namespace) -> dict[str, Any]:
     """``papernotes video make-synthetic``: write the embedded benchmark (videos, rawframes, list files)."""
-    from papernotes.video.synthetic import CLASSES
+    from papernotes.video.data.synthetic import CLASSES
 
     # --clips N: the total, spread evenly (rounded up) over the classes
     per_class = -(-args.clips // len(CLASSES)) if args.clips is not None else args.clips_per_class
@@ -86,7 +86,7 @@ def train_command(args: argparse.Namespace) -> dict[str, Any]:
     """``papernotes video train``: train a recognizer with ``core.train`` and save it to ``--out``."""
     from papernotes.core.train import short_run, train
     from papernotes.metrics.classification import classification_summary
-    from papernotes.video.recognizers import build_recognizer
+    from papernotes.video.models import build_recognizer
     from papernotes.video.train import (
         LoaderBatches,
         build_dataset,

@@ -34,9 +34,9 @@ from tqdm.auto import tqdm
 from papernotes.core.checkpoint import atomic_write_dir, check_state_dict, load_weights, save_weights
 from papernotes.core.train import Batch
 from papernotes.errors import CheckpointError, ConfigError, DataError
-from papernotes.video.data import RawFrameDataset, VideoDataset
-from papernotes.video.recognizers import build_recognizer
-from papernotes.video.transforms import test_transform, train_transform
+from papernotes.video.data.datasets import RawFrameDataset, VideoDataset
+from papernotes.video.data.transforms import test_transform, train_transform
+from papernotes.video.models import build_recognizer
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from papernotes.core.checkpoint import (
     save_weights,
 )
 from papernotes.errors import CheckpointError, ConfigError
-from papernotes.video.online.detectors import build_detector
+from papernotes.video.online.models import build_detector
 
 DETECTOR_FILE = "detector.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -27,7 +27,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 def make_synthetic_command(args: argparse.Namespace) -> dict[str, Any]:
     """``papernotes oad make-synthetic``: write the embedded streams in the THUMOS feature layout."""
-    from papernotes.video.online.synthetic_streams import PRESETS, write_synthetic_streams
+    from papernotes.video.online.data.synthetic_streams import PRESETS, write_synthetic_streams
 
     cfg = dataclasses.replace(PRESETS[args.preset], seed=args.seed)
     refuse_non_empty(args.out, args.overwrite)
@@ -70,7 +70,7 @@ def load_detector(checkpoint: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 def _evaluate(model: torch.nn.Module, root: Path) -> dict[str, Any]:
     from papernotes.metrics.online_detection import calibrated_map, per_frame_map
-    from papernotes.video.online.features import load_sessions
+    from papernotes.video.online.data.features import load_sessions
     from papernotes.video.online.train import score_sessions
 
     sessions, info = load_sessions(root, "test")
@@ -99,7 +99,7 @@ def _check_dims(model: torch.nn.Module, feature_dim: int, num_classes: int, root
 def train_command(args: argparse.Namespace) -> dict[str, Any]:
     """``papernotes oad train``: train a detector on a feature root's train sessions, save it to ``--out``."""
     from papernotes.core.train import short_run, train
-    from papernotes.video.online.features import load_sessions
+    from papernotes.video.online.data.features import load_sessions
     from papernotes.video.online.train import ChunkBatches, detector_loss, labels_of
 
     refuse_non_empty(args.out, args.overwrite)
@@ -144,7 +144,7 @@ def extract_command(args: argparse.Namespace) -> dict[str, Any]:
     """``papernotes oad extract``: chunk features (T, D) of each video, one ``<stem>.npy`` per video."""
     import numpy as np
 
-    from papernotes.video.online.extract import ChunkFeatureExtractor, ExtractConfig
+    from papernotes.video.online.data.extract import ChunkFeatureExtractor, ExtractConfig
 
     extractor = ChunkFeatureExtractor(ExtractConfig(args.backbone, args.pretrained, args.size, args.fps))
     written = {}
@@ -158,7 +158,7 @@ def extract_command(args: argparse.Namespace) -> dict[str, Any]:
 
 def stream_command(args: argparse.Namespace) -> dict[str, Any]:
     """``papernotes oad stream``: features on the fly, the detector's scores step by step, a timeline."""
-    from papernotes.video.online.extract import ChunkFeatureExtractor, ExtractConfig
+    from papernotes.video.online.data.extract import ChunkFeatureExtractor, ExtractConfig
 
     model, meta = load_detector(args.checkpoint)
     extractor = ChunkFeatureExtractor(ExtractConfig(args.backbone, args.pretrained, args.size, args.fps))

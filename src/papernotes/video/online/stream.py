@@ -1,6 +1,6 @@
 """Frame-by-frame streaming for online action detectors, and the check that it equals the offline forward.
 
-Not a paper method: the shared contract (ARCHITECTURE.md). Every detector has
+Not a paper method: the shared contract (the README's "Architecture" section). Every detector has
 
 * ``forward(features (B, T, D)) -> scores (B, T, C+1)``: score of frame t from frames <= t only;
 * ``stream()``: an object whose ``step(feature (D,)) -> scores (C+1,)`` gives the same score for the frame
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from papernotes.core.train import IGNORE_INDEX
 from papernotes.errors import DataError
 
 
@@ -36,7 +37,7 @@ def check_features(features: torch.Tensor, feature_dim: int) -> None:
         )
 
 
-def frame_loss(scores: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+def frame_loss(scores: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Cross-entropy of every frame: scores (B, T, C+1), targets (B, T) class indices."""
     return F.cross_entropy(
         scores.reshape(-1, scores.shape[-1]), targets.reshape(-1), ignore_index=ignore_index

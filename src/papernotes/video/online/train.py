@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from papernotes.core.train import Batch
+from papernotes.core.train import IGNORE_INDEX, Batch
 from papernotes.errors import DataError
 
 
@@ -26,7 +26,7 @@ def labels_of(targets: np.ndarray, ignore_index: int | None) -> np.ndarray:
     """One-hot targets (T, C+1) -> class indices (T,), with the ambiguous class mapped to -100 (ignored)."""
     labels = targets.argmax(axis=1).astype(np.int64)
     if ignore_index is not None:
-        labels[labels == ignore_index] = -100
+        labels[labels == ignore_index] = IGNORE_INDEX
     return labels
 
 

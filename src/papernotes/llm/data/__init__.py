@@ -1,0 +1,1 @@
+"""Text data: the embedded corpus, chat formatting, supervised batches, generated tasks."""

@@ -1,0 +1,1 @@
+"""The LLM field's experiments for ``papernotes reproduce``."""

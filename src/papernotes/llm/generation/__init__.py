@@ -1,0 +1,1 @@
+"""Decoding: plain generation (the baseline) and its lossless accelerations."""

@@ -1,0 +1,1 @@
+"""The Llama model: architecture, config, tokenizer, and reading/writing checkpoints."""

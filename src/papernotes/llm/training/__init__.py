@@ -1,0 +1,1 @@
+"""Training recipes: pre-training, fine-tuning, SFT and preference optimisation."""

@@ -1,0 +1,324 @@
+"""Reading and writing video files and frame folders.
+
+Not a paper method; infrastructure for :mod:`papernotes.video.data.datasets`,
+:mod:`~papernotes.video.data.synthetic` and :mod:`~papernotes.video.data.flow`. Frames are uint8 RGB
+arrays shaped (N, H, W, 3), N frames of H x W pixels.
+
+* Video files are decoded with PyAV (FFmpeg bundled in its wheel; no system FFmpeg needed) and, when PyAV is
+  missing or fails on a file, with OpenCV's ``VideoCapture``. Both failing gives one DataError that names the
+  file and both reasons.
+* Frame folders follow the mmaction2 "rawframes" layout: ``img_00001.jpg``, ``img_00002.jpg``, ... (1-based),
+  and for optical flow ``flow_x_00001.jpg`` / ``flow_y_00001.jpg`` (TSN's dense_flow naming).
+* Outputs are written atomically: to a temp name beside the target, then renamed. Unlike
+  :func:`papernotes.core.checkpoint.atomic_write_dir` nothing is fsynced: these folders hold tens of thousands
+  of small regenerable files, and at about 4 ms per fsync that would dominate the run time. A crash of the
+  process still never leaves a half-written folder under the final name. This module also avoids importing
+  torch, so the process-pool workers of :mod:`~papernotes.video.data.flow` start quickly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from papernotes.errors import ConfigError, DataError
+
+try:  # PyAV is the primary decoder; OpenCV alone still reads and writes mp4
+    import av
+except ImportError:  # pragma: no cover - exercised only where PyAV is not installed
+    av = None
+
+logger = logging.getLogger(__name__)
+
+RGB_TEMPLATE = "img_{:05d}.jpg"  # mmaction2 / TSN rawframe names, 1-based
+FLOW_TEMPLATE = "flow_{}_{:05d}.jpg"  # formatted with "x" or "y", then the 1-based index
+_CONTAINER_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temp directory beside ``path``; on success it replaces ``path`` by a rename.
+
+    On an exception the temp directory is removed and ``path`` is left as it was. No fsync (see the module
+    docstring): the guarantee is against interrupted processes, not power loss.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():  # rename(2) cannot replace a non-empty directory: move the old one aside first
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        path.rename(old / path.name)
+    tmp.rename(path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_output_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temp file path beside ``path`` with the same suffix; on success it is renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # keep the suffix: OpenCV's writer and PyAV's format guess both look at it
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    tmp.chmod(0o666 & ~_umask())
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a small text file (a list file, a JSON summary) by temp file + rename."""
+    with atomic_output_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+
+def _read_pyav(path: Path, max_frames: int | None) -> list[np.ndarray]:
+    frames = []
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise DataError(f"video {path} has no video stream")
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+    return frames
+
+
+def _read_opencv(path: Path, max_frames: int | None) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise DataError(f"OpenCV cannot open {path}")
+    frames = []
+    try:
+        while max_frames is None or len(frames) < max_frames:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    finally:
+        capture.release()
+    return frames
+
+
+def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
+    """Decode a video file into uint8 RGB frames (N, H, W, 3); only the first ``max_frames`` if given.
+
+    PyAV first, OpenCV if PyAV is missing or fails. A missing, empty or undecodable file -> DataError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"video file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise DataError(f"video file {path} is empty (0 bytes)")
+    if max_frames is not None and max_frames < 1:
+        raise ConfigError(f"max_frames must be at least 1, got {max_frames}")
+    reasons = []
+    readers = ([("PyAV", _read_pyav)] if av is not None else []) + [("OpenCV", _read_opencv)]
+    for name, reader in readers:
+        try:
+            frames = reader(path, max_frames)
+        except (DataError, OSError, ValueError) as exc:  # av's FFmpegError is a ValueError
+            reasons.append(f"{name}: {exc}")
+            continue
+        if frames:
+            return np.stack(frames)  # (N, H, W, 3)
+        reasons.append(f"{name}: no frames decoded")
+    raise DataError(f"cannot decode video {path} ({'; '.join(reasons)})")
+
+
+# ----------------------------------------------------------------------------------------------- encoding
+
+
+def video_fps(path: str | Path, default: float = 25.0) -> float:
+    """Frames per second stored in a video file (PyAV, then OpenCV); ``default`` if the file does not say."""
+    path = Path(path)
+    if av is not None:
+        with contextlib.suppress(Exception), av.open(str(path)) as container:
+            rate = container.streams.video[0].average_rate
+            if rate:
+                return float(rate)
+    capture = cv2.VideoCapture(str(path))
+    try:
+        fps = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else 0.0
+    finally:
+        capture.release()
+    return float(fps) if fps and fps > 0 else default
+
+
+def default_codec() -> str:
+    """H.264 (libx264) when the installed PyAV has it, else MPEG-4 part 2; 'mp4v' for the OpenCV writer."""
+    if av is None:
+        return "mp4v"
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def _check_frames(frames: np.ndarray, what: str) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ConfigError(
+            f"{what} must be a non-empty uint8 RGB array (N, H, W, 3), got {frames.dtype} {frames.shape}"
+        )
+    return frames
+
+
+def _write_pyav(path: Path, frames: np.ndarray, fps: int, codec: str, container_format: str) -> None:
+    height, width = frames.shape[1:3]
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if codec in ("libx264", "h264"):
+            # near-lossless; "ultrafast" because the frames are small and there are many files
+            stream.options = {"crf": "17", "preset": "ultrafast"}
+        else:
+            stream.bit_rate = 4_000_000
+        if height * width <= 256 * 256:
+            stream.codec_context.thread_count = 1  # encoder threads cost more to start than tiny frames take
+        for rgb in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())  # flush the encoder's delayed frames
+
+
+def _write_opencv(path: Path, frames: np.ndarray, fps: int) -> None:
+    height, width = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise DataError(f"OpenCV cannot open a video writer for {path}")
+    try:
+        for rgb in frames:
+            writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+
+
+def write_video(
+    path: str | Path, frames: np.ndarray, fps: int = 16, codec: str | None = None, atomic: bool = True
+) -> Path:
+    """Encode uint8 RGB frames (N, H, W, 3) into a video file (container from the suffix, pixels yuv420p).
+
+    ``codec`` is a PyAV encoder name ("libx264", "mpeg4", ...); the default is :func:`default_codec`.
+    H and W must be even (yuv420p halves the chroma planes). With ``atomic`` the file appears under its
+    final name only once complete; pass False when the whole folder is already written atomically.
+    """
+    path = Path(path)
+    frames = _check_frames(frames, f"frames for {path}")
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise ConfigError(f"video {path}: height and width must be even for yuv420p, got {frames.shape[1:3]}")
+    container_format = _CONTAINER_FORMATS.get(path.suffix.lower())
+    if container_format is None:
+        raise ConfigError(
+            f"video {path}: unknown container suffix; expected one of {sorted(_CONTAINER_FORMATS)}"
+        )
+    codec = codec or default_codec()
+
+    def write(target: Path) -> None:
+        if av is None or codec == "mp4v":
+            _write_opencv(target, frames, fps)
+        else:
+            if codec not in av.codecs_available:
+                raise ConfigError(f"codec {codec!r} is not available in PyAV {av.__version__}")
+            _write_pyav(target, frames, fps, codec, container_format)
+
+    if atomic:
+        with atomic_output_file(path) as tmp:
+            write(tmp)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ frame folders
+
+
+def frame_path(
+    directory: str | Path,
+    index: int,
+    filename_tmpl: str = RGB_TEMPLATE,
+    start_index: int = 1,
+    axis: str | None = None,
+) -> Path:
+    """Path of 0-based frame ``index`` in a rawframe folder; ``axis`` ("x"/"y") fills a flow template."""
+    number = index + start_index
+    name = filename_tmpl.format(axis, number) if axis is not None else filename_tmpl.format(number)
+    return Path(directory) / name
+
+
+def read_frames(
+    directory: str | Path,
+    indices: Sequence[int] | np.ndarray,
+    filename_tmpl: str = RGB_TEMPLATE,
+    start_index: int = 1,
+    grayscale: bool = False,
+    axis: str | None = None,
+) -> np.ndarray:
+    """Read the given 0-based frames of a rawframe folder: uint8 (N, H, W, 3) RGB, or (N, H, W) grayscale.
+
+    Each distinct index is read once, so the repeated indices of short videos cost nothing extra. A missing or
+    unreadable image, or images of different sizes -> DataError naming the file.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"frame folder {directory} does not exist")
+    flags = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
+    cache: dict[int, np.ndarray] = {}
+    for index in dict.fromkeys(int(i) for i in indices):  # unique, in order
+        path = frame_path(directory, index, filename_tmpl, start_index, axis)
+        image = cv2.imread(str(path), flags)
+        if image is None:
+            reason = "does not exist" if not path.exists() else "is not a readable image"
+            raise DataError(f"frame {path} {reason}")
+        cache[index] = image if grayscale else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    shapes = {image.shape for image in cache.values()}
+    if len(shapes) > 1:
+        raise DataError(f"frames in {directory} have different sizes: {sorted(shapes)}")
+    return np.stack([cache[int(i)] for i in indices])
+
+
+def write_frames(
+    directory: str | Path,
+    frames: np.ndarray,
+    filename_tmpl: str = RGB_TEMPLATE,
+    start_index: int = 1,
+    jpeg_quality: int = 95,
+    axis: str | None = None,
+) -> None:
+    """Write uint8 frames, (N, H, W, 3) RGB or (N, H, W) grayscale, as numbered image files (not atomic)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+    for i, image in enumerate(np.asarray(frames)):
+        path = frame_path(directory, i, filename_tmpl, start_index, axis)
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        if not cv2.imwrite(str(path), image, params):
+            raise DataError(f"cannot write frame {path}")

@@ -1,0 +1,1 @@
+"""The video field's experiments for ``papernotes reproduce``."""

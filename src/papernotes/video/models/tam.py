@@ -1,0 +1,108 @@
+"""TAM: the temporal adaptive module of TANet, a video-specific temporal kernel learned per channel.
+
+Paper: Liu, Wang, Qian & Lu 2021, "TAM: Temporal Adaptive Module for Video Recognition", arXiv:2005.06803.
+
+Idea: pool each frame's feature map to one value per channel, x̂ (N, C, T), and from it learn two things:
+
+* Local branch (location sensitive, eq. 3-4): Conv1d(C -> C/β, k=3) -> BN -> ReLU -> Conv1d(C/β -> C, k=1)
+  -> sigmoid gives a per-frame, per-channel importance V (N, C, T); the features are re-weighted,
+  Z = V ⊙ X.
+* Global branch (location invariant, eq. 5): per channel, Linear(T -> αT) -> BN -> ReLU -> Linear(αT -> K)
+  -> softmax gives an adaptive temporal kernel Θ (N, C, K) that sums to 1; it aggregates along time as a
+  depth-wise temporal convolution, Y[t] = Σ_j Θ_j · Z[t + j - K//2] (eq. 6), zero padded.
+
+α = 2, β = 4, K = 3 (the paper's defaults). TANet inserts TAM after conv1 of each residual block. Here it
+runs at the input of each block's conv2, which receives exactly conv1 -> BN -> ReLU: the wrapped
+convolution keeps its state-dict names, so ImageNet ResNet weights load unchanged, and the branches sit
+under ``...conv2.tam``.
+
+Dimension letters: N clips, T frames (segments), C channels, H x W pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from papernotes.errors import ConfigError, DataError
+from papernotes.video.models.backbone import AdoptedConv2d
+from papernotes.video.models.tsn import TSN
+
+ALPHA = 2  # global branch: hidden width α·T
+BETA = 4  # local branch: channel reduction C / β
+KERNEL = 3  # K: size of the adaptive temporal kernel
+
+
+class TemporalAdaptiveModule(nn.Module):
+    """(N·T, C, H, W) -> (N·T, C, H, W): local re-weighting, then an adaptive temporal convolution."""
+
+    def __init__(
+        self, channels: int, num_segments: int, alpha: int = ALPHA, beta: int = BETA, kernel: int = KERNEL
+    ):
+        super().__init__()
+        if kernel % 2 == 0:
+            raise ConfigError(f"TAM kernel size must be odd (centred on frame t), got {kernel}")
+        self.num_segments = num_segments
+        self.kernel = kernel
+        self.local = nn.Sequential(
+            nn.Conv1d(channels, channels // beta, 3, padding=1, bias=False),
+            nn.BatchNorm1d(channels // beta),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(channels // beta, channels, 1, bias=False),
+            nn.Sigmoid(),
+        )
+        self.glob = nn.Sequential(
+            nn.Linear(num_segments, num_segments * alpha, bias=False),
+            nn.BatchNorm1d(num_segments * alpha),
+            nn.ReLU(inplace=True),
+            nn.Linear(num_segments * alpha, kernel, bias=False),
+            nn.Softmax(dim=-1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nt, c, h, w = x.shape
+        T = self.num_segments
+        if nt % T:
+            raise DataError(f"TAM: batch of {nt} frames is not a multiple of num_segments={T}")
+        n = nt // T
+        x = x.view(n, T, c, h, w)  # (N, T, C, H, W)
+        pooled = x.mean(dim=(3, 4)).transpose(1, 2)  # (N, C, T)
+        importance = self.local(pooled)  # (N, C, T), eq. 4
+        kernel = self.glob(pooled.reshape(n * c, T)).view(n * c, 1, self.kernel, 1)  # (N·C, 1, K, 1), eq. 5
+        z = x * importance.transpose(1, 2)[..., None, None]  # (N, T, C, H, W) re-weighted
+        # eq. 6 as a grouped convolution: one group per (clip, channel), time along height, pixels along width
+        z = z.permute(0, 2, 1, 3, 4).reshape(1, n * c, T, h * w)  # (1, N·C, T, H·W)
+        y = F.conv2d(z, kernel, padding=(self.kernel // 2, 0), groups=n * c)  # (1, N·C, T, H·W)
+        return y.view(n, c, T, h, w).transpose(1, 2).reshape(nt, c, h, w)  # (N·T, C, H, W)
+
+
+class TAMConv2d(AdoptedConv2d):
+    """A block's conv2 that first applies TAM to its input (the output of conv1 -> BN -> ReLU).
+
+    It takes over the wrapped convolution's Parameters, so ``layer1.0.conv2.weight`` keeps its name.
+    """
+
+    def __init__(self, conv: nn.Conv2d, num_segments: int):
+        super().__init__(conv)
+        self.tam = TemporalAdaptiveModule(conv.in_channels, num_segments)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.tam(x))
+
+
+def apply_tam(resnet: nn.Module, num_segments: int) -> int:
+    """Insert TAM into every residual block of a torchvision ResNet; return the count."""
+    count = 0
+    for stage in (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4):
+        for block in stage:
+            block.conv2 = TAMConv2d(block.conv2, num_segments)
+            count += 1
+    return count
+
+
+def build_tam(num_classes: int, num_segments: int, backbone: str = "resnet18") -> TSN:
+    """TANet: TSN's recognizer with TAM in every residual block."""
+    model = TSN(num_classes, num_segments, backbone)
+    apply_tam(model.backbone, num_segments)
+    return model

@@ -1,0 +1,1 @@
+"""Feature streams: extraction, THUMOS-style sessions, the synthetic streams."""
