@@ -11,8 +11,6 @@ from torch import nn
 
 from papernotes.core import checkpoint
 from papernotes.core.checkpoint import (
-    atomic_write_dir,
-    atomic_write_file,
     load_checkpoint,
     load_weights,
     rng_state,
@@ -20,6 +18,7 @@ from papernotes.core.checkpoint import (
     save_weights,
     set_rng_state,
 )
+from papernotes.core.files import atomic_write_dir, atomic_write_file
 from papernotes.errors import CheckpointError
 
 

@@ -210,3 +210,21 @@ def test_bf16_autocast_keeps_fp32_weights_computes_in_bf16_and_trains():
 def test_unknown_precision_mode_is_a_config_error():
     with pytest.raises(ConfigError, match="fp8"):
         MixedPrecision("fp8")
+
+
+def test_auto_precision_is_bf16_only_where_bf16_is_native(monkeypatch, caplog):
+    from papernotes.core import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device_type="cpu": True)
+    assert precision.resolve_precision("auto") == "bf16"
+    assert MixedPrecision("auto").mode == "bf16"
+    monkeypatch.setattr(precision, "native_bf16", lambda device_type="cpu": False)
+    precision._say_fp32_instead.cache_clear()
+    with caplog.at_level("WARNING", logger="papernotes.core.precision"):
+        assert precision.resolve_precision("auto") == "fp32"
+        assert MixedPrecision("auto").mode == "fp32"
+    assert "bf16 is emulated" in caplog.text and caplog.text.count("bf16 is emulated") == 1  # said once
+    assert precision.resolve_precision("bf16") == "bf16"  # an explicit mode is never overridden
+    with pytest.raises(ConfigError, match="unknown mode 'bf8'"):
+        precision.resolve_precision("bf8")
+

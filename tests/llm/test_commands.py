@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import transformers
 
 from papernotes.cli import main
 from papernotes.llm.model.llama import Llama
@@ -77,7 +78,6 @@ def test_generate_prints_the_prompt_and_a_continuation(run_dir, capsys):
 
 
 def test_export_writes_a_directory_transformers_loads_with_equal_logits(run_dir, tmp_path):
-    transformers = pytest.importorskip("transformers")
     assert main(["llm", "export", "--run", str(run_dir), "--out", str(tmp_path / "hf")]) == 0
     ours = Llama.from_pretrained(tmp_path / "hf").eval()
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()

@@ -2,18 +2,20 @@
 
 import io
 import json
+from collections import Counter
 
 import pytest
 
 from papernotes.cli import main
+from papernotes.llm import chat
 from papernotes.llm.chat import ChatSession
 from papernotes.llm.data.chat_format import add_chat_tokens, write_chat_template
 from papernotes.llm.data.tasks.instructions import PRESETS as TASK_PRESETS
-from papernotes.llm.data.tasks.instructions import make_instructions
-from papernotes.llm.generation.generate import GenerationConfig
-from papernotes.llm.generation.responses import respond
+from papernotes.llm.data.tasks.instructions import InstructionConfig, make_instructions, verify
+from papernotes.llm.generation.generate import GenerationConfig, generate
+from papernotes.llm.generation.responses import respond, score_instructions
 from papernotes.llm.model.llama import Llama
-from papernotes.llm.model.tokenizer import train_tokenizer
+from papernotes.llm.model.tokenizer import load_tokenizer, train_tokenizer
 from papernotes.llm.training.pretrain import save_model_dir
 
 SPLITS = make_instructions(TASK_PRESETS["tiny"])
@@ -77,12 +79,39 @@ def test_chat_drops_old_turns_when_the_context_is_full(rig, monkeypatch, capsys)
     assert "[dropped the oldest turn to fit the context]" in out
 
 
-def test_session_truncation_never_exceeds_the_context(rig):
+def test_session_truncation_never_exceeds_the_context(rig, monkeypatch):
+    """Every decoding call gets a prompt that, with its token budget, fits the context: plain streaming
+    and chunked (accelerated) decoding, where each chunk continues from the whole context."""
     root, tokenizer = rig
     model = Llama.from_pretrained(root / "target").eval()
-    session = ChatSession(model, tokenizer, GenerationConfig(max_new_tokens=20))
-    text = "".join(session.reply(" ".join(["garden"] * 400)))
-    assert any("cut the first" in n for n in session.notices) and isinstance(text, str)
+    calls: list[tuple[int, int]] = []  # (prompt ids fed, max_new_tokens) of each decoding call
+    plain_stream = chat.stream
+
+    def spy_stream(model, input_ids, config, stats):
+        calls.append((input_ids.shape[1], config.max_new_tokens))
+        return plain_stream(model, input_ids, config, stats)
+
+    def chunked(input_ids, config):  # a lossless decoder as ChatSession sees one
+        calls.append((input_ids.shape[1], config.max_new_tokens))
+        return generate(model, input_ids, config)
+
+    monkeypatch.setattr(chat, "stream", spy_stream)
+    context, budget = 128, 20  # the reply budget is min(max_new_tokens, context // 2)
+    long = " ".join(["garden"] * 400)
+    for decoder in (None, chunked):
+        session = ChatSession(
+            model, tokenizer, GenerationConfig(max_new_tokens=budget), decoder=decoder, chunk=8
+        )
+        assert session.context == context
+        for text in ("hello", long, "apple " * 30, long):
+            calls.clear()
+            "".join(session.reply(text))
+            assert calls and all(length + new <= context for length, new in calls), calls
+            if text is long:  # cut to exactly what fits: the prompt is the context less the reply budget
+                assert any("cut the first" in n for n in session.notices)
+                assert calls[0] == (context - budget, budget if decoder is None else 8)
+        if decoder is not None:  # the last reply ran in chunks, each prompt grown by the previous chunk
+            assert len(calls) > 1 and calls[-1][0] + calls[-1][1] == context
 
 
 def test_sft_rejection_sampling_and_dpo_from_the_command_line(rig, tmp_path, capsys):
@@ -102,7 +131,19 @@ def test_sft_rejection_sampling_and_dpo_from_the_command_line(rig, tmp_path, cap
     ]
     assert main([*args, "--max-length", "128", *SMALL]) == 0
     result = json.loads((out / "result.json").read_text())
-    assert len(result["train_losses"]) == 2 and 0 <= result["scores"]["accuracy"] <= 1
+    assert len(result["train_losses"]) == 2
+    # the reported scores are those of the saved model on the test split, as the verifiers judge them
+    test = make_instructions(InstructionConfig(train_size=14, test_size=7, seed=0))["test"]
+    saved = Llama.from_pretrained(out / "model").eval()
+    again = score_instructions(saved, load_tokenizer(out / "model"), test).as_dict()
+    scores = result["scores"]
+    assert scores["samples"] == again["samples"] and scores["per_task"] == again["per_task"]
+    assert scores["accuracy"] == again["accuracy"] and scores["mean_length"] == again["mean_length"]
+    by_prompt = {e.prompt: e for e in test}
+    assert all(s["correct"] == verify(by_prompt[s["prompt"]], s["response"]) for s in scores["samples"])
+    counts = Counter(e.task for e in test)
+    pooled = sum(acc * counts[task] for task, acc in scores["per_task"].items()) / len(test)
+    assert scores["accuracy"] == pytest.approx(pooled)
     config = json.loads((out / "model" / "tokenizer_config.json").read_text())
     assert "<|start_header_id|>" in config["chat_template"]
     lora_out = tmp_path / "lora"

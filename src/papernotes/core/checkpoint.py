@@ -7,11 +7,10 @@ Not a paper method; infrastructure. A checkpoint directory holds
     trainer_state.pt     step, precision/scaler state, RNG states (torch, CUDA, python, numpy), same loader
     checkpoint.json      human-readable metadata (step, file list, caller's extras such as the train config)
 
-Nothing is ever unpickled beyond tensors and plain containers. Writes are atomic: everything goes to a temp
-directory beside the target, is fsynced, and only then renamed into place, so a crash mid-write leaves the
-previous checkpoint intact. Because rename(2) cannot replace a non-empty directory, the old directory is first
-renamed to ``.<name>.old`` and deleted after the new one is in place; if a crash falls between the two
-renames, the next write or load puts ``.<name>.old`` back.
+Nothing is ever unpickled beyond tensors and plain containers. Writes are atomic
+(:mod:`papernotes.core.files`): everything goes to a temp directory beside the target, is fsynced, and only
+then renamed into place, so a crash mid-write leaves the previous checkpoint intact; the next write or load
+repairs a crash between the two renames.
 
 Tests: a write interrupted inside the weight writer leaves the old checkpoint loadable and no temp dir; every
 file loads with ``weights_only=True``; tied weights round-trip.
@@ -19,13 +18,8 @@ file loads with ``weights_only=True``; tied weights round-trip.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import random
-import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from papernotes.core.files import atomic_write_dir, recover_dir, umask
 from papernotes.errors import CheckpointError, ConfigError, ShapeMismatchError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -44,93 +39,11 @@ METADATA_FILE = "checkpoint.json"
 _ALIASES_KEY = "papernotes.aliases"  # safetensors header entry: JSON {alias name: stored name}
 
 
-def _fsync_path(path: Path) -> None:
-    """fsync a file or a directory (directory fsync makes renames/creations inside it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _backup_of(path: Path) -> Path:
-    return path.parent / f".{path.name}.old"
-
-
-def _recover(path: Path) -> None:
-    """Undo a crash between the two renames of :func:`atomic_write_dir` (target gone, backup present)."""
-    backup = _backup_of(path)
-    if backup.exists():
-        if path.exists():
-            shutil.rmtree(backup)  # the new directory made it; the backup is stale
-        else:
-            backup.rename(path)
-
-
-@contextlib.contextmanager
-def atomic_write_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp directory; on success it replaces ``path`` (a directory) in one rename.
-
-    On an exception the temp directory is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _recover(path)
-    # Same parent => same filesystem => rename is atomic.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); the result should be an ordinary dir
-    try:
-        yield tmp
-        for child in tmp.rglob("*"):
-            if child.is_file():
-                _fsync_path(child)
-        _fsync_path(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    backup = _backup_of(path)
-    if path.exists():
-        path.rename(backup)  # keep the old one until the new one is in place
-    tmp.rename(path)
-    _fsync_path(path.parent)
-    if backup.exists():
-        shutil.rmtree(backup)
-
-
 def refuse_non_empty(path: str | Path, overwrite: bool, flag: str = "--out") -> None:
     """A command's output folder must be new or empty unless the user asked to replace it."""
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
         raise ConfigError(f"{flag} {path} exists and is not empty; pass --overwrite to replace it")
-
-
-@contextlib.contextmanager
-def atomic_write_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temp file path beside ``path``; on success it is fsynced and renamed over ``path``.
-
-    Write with any writer that takes a path (``save_file(t, tmp)``, ``tmp.write_text(...)``). On an exception
-    the temp file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    tmp.chmod(0o666 & ~_umask())  # mkstemp makes it private (0600); the result should be an ordinary file
-    try:
-        yield tmp
-        _fsync_path(tmp)
-        os.replace(tmp, path)  # atomic for files
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent)
 
 
 def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -167,7 +80,7 @@ def save_weights(
     header = dict(metadata or {})
     header[_ALIASES_KEY] = json.dumps(aliases)
     save_file({k: v.cpu() for k, v in stored.items()}, str(path), metadata=header)
-    Path(path).chmod(0o666 & ~_umask())  # safetensors creates files private (0600)
+    Path(path).chmod(0o666 & ~umask())  # safetensors creates files private (0600)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -288,7 +201,7 @@ def save_checkpoint(
 def load_checkpoint(directory: str | Path) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint`; missing or broken -> CheckpointError."""
     directory = Path(directory)
-    _recover(directory)
+    recover_dir(directory)
     if not (directory / TRAINER_STATE_FILE).is_file():
         raise CheckpointError(
             f"no checkpoint at {directory} (expected {TRAINER_STATE_FILE} and {WEIGHTS_FILE})"

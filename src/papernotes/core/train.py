@@ -76,7 +76,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW moment decay rates (GPT-3 / Llama values)
     eps: float = 1e-8  # AdamW denominator epsilon
     grad_clip: float = 1.0  # max global L2 norm of the gradient; 0 disables clipping
-    precision: str = "fp32"  # "fp32" | "bf16" (autocast) | "fp16" (fp32 masters + dynamic loss scaling)
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast) | "fp16" (fp32 masters + loss scaling) | "auto"
     eval_every: int = 200  # evaluate every this many steps (and at the end); 0 disables
     eval_batches: int = 10  # validation batches per evaluation
     checkpoint_every: int = 500  # checkpoint every this many steps (and at the end); 0 = only at the end
@@ -151,6 +151,12 @@ class TrainResult:
     checkpoint_dir: str | None = None  # where the last checkpoint was written, if any
     start_step: int = 0  # first step run by this call (> 0 after a resume)
     optimizer_state_bytes: int = 0  # bytes held in the optimizer's state tensors at the end (AdamW: m and v)
+
+    @property
+    def final_loss(self) -> float:
+        """Mean training loss of the last 10 steps (one step's loss is noisy); NaN before any step."""
+        last = self.train_losses[-10:]
+        return sum(last) / len(last) if last else float("nan")
 
 
 @dataclass

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from papernotes.core.checkpoint import atomic_write_file
+from papernotes.core.files import atomic_write_file
 from papernotes.errors import ConfigError, DataError
 from papernotes.geometry.calibration import CameraCalibration, calibrate_camera, read_image
 from papernotes.geometry.calibration_io import load_calibration, save_calibration

@@ -280,7 +280,7 @@ def _pose_figure(truth, R, T, path: Path) -> Path:
 EXPERIMENTS = [
     Experiment(
         "calibration",
-        "video",
+        "geometry",
         "four-camera rig and stereo pair from chessboards: intrinsics, extrinsics, RMS against the truth",
         run_calibration,
     ),

@@ -15,16 +15,16 @@ from typing import Any
 
 import torch
 
-from papernotes.core.checkpoint import atomic_write_file, load_checkpoint
+from papernotes.core.checkpoint import load_checkpoint
 from papernotes.core.config import apply_overrides, preset
-from papernotes.core.experiments import default_cache_dir
+from papernotes.core.files import atomic_write_file
 from papernotes.core.train import TrainConfig, process_rank, short_run, train
 from papernotes.errors import CheckpointError
 from papernotes.llm.data.corpus import LMBatches
-from papernotes.llm.generation import medusa
-from papernotes.llm.generation import mtp as multi_token
+from papernotes.llm.experiments.target import PEFT_BASE_DIR, resolve_model_dir
+from papernotes.llm.generation import medusa, mtp
 from papernotes.llm.generation.benchmark import validation_prompts
-from papernotes.llm.generation.decoders import build_decoder
+from papernotes.llm.generation.decoders import NOT_LOSSLESS, build_decoder, is_lossless
 from papernotes.llm.generation.generate import DecodeStats, GenerationConfig
 from papernotes.llm.generation.medusa import train as medusa_train
 from papernotes.llm.model import hf_io
@@ -43,8 +43,6 @@ from papernotes.llm.training.pretrain import (
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TARGET_MODEL_DIR = ("llm", "target")  # where `reproduce` caches the pre-trained target, under the cache dir
-PEFT_BASE_DIR = ("llm", "peft_base")  # the target after LM training on the task's sentences (llm-peft)
 
 
 def train_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,21 +91,6 @@ def train_command(args: argparse.Namespace) -> dict[str, Any]:
     return info
 
 
-def resolve_model_dir(path: Path | None, prefer: tuple[str, ...] | None = None) -> Path:
-    """``path``, or a model cached by ``papernotes reproduce``: ``prefer`` if cached, else the target."""
-    if path is not None:
-        return Path(path)
-    if prefer is not None and (default_cache_dir().joinpath(*prefer) / "config.json").is_file():
-        return default_cache_dir().joinpath(*prefer)
-    cached = default_cache_dir().joinpath(*TARGET_MODEL_DIR)
-    if not (cached / "config.json").is_file():
-        raise CheckpointError(
-            f"--model not given and no cached model at {cached}; run 'papernotes reproduce' first "
-            "or pass --model DIR (a Hugging Face Llama directory)"
-        )
-    return cached
-
-
 def generate_command(args: argparse.Namespace) -> tuple[str, DecodeStats]:
     """``papernotes llm generate``: continue ``--prompt`` with plain decoding."""
     model_dir = resolve_model_dir(args.model)
@@ -126,6 +109,8 @@ def generate_command(args: argparse.Namespace) -> tuple[str, DecodeStats]:
     )
     paths = {"draft": args.draft, "medusa": args.medusa, "mtp": args.mtp}
     decoder = build_decoder(args.method, model, model_dir, paths, args.num_draft_tokens)
+    if not is_lossless(args.method, args.temperature):
+        logger.warning(NOT_LOSSLESS)
     ids, stats = decoder(input_ids, config)
     return args.prompt + tokenizer.decode(ids[0].tolist()), stats
 
@@ -156,18 +141,18 @@ def train_medusa_command(args: argparse.Namespace) -> dict[str, Any]:
 def train_mtp_command(args: argparse.Namespace) -> dict[str, Any]:
     """``papernotes llm train-mtp``: MTP modules on a frozen base, or jointly with ``--train-base``."""
     model, data, config = _head_training(args)
-    modules = multi_token.add_mtp_modules(model, replace(multi_token.MTPConfig(), depth=args.depth))
-    wrapper = multi_token.MTPTrainingModel(model, modules, train_base=args.train_base)
+    modules = mtp.add_mtp_modules(model, replace(mtp.MTPConfig(), depth=args.depth))
+    wrapper = mtp.MTPTrainingModel(model, modules, train_base=args.train_base)
     batches = LMBatches(data.train_tokens, config.batch_size, args.seq_len, args.seed)
-    train(wrapper, multi_token.mtp_training_loss, batches, config)
-    out = multi_token.save_mtp_modules(modules, args.out)
+    train(wrapper, mtp.mtp_training_loss, batches, config)
+    out = mtp.save_mtp_modules(modules, args.out)
     if args.train_base:
         save_model_dir(model, data.tokenizer, Path(args.out) / "model")
     prompts = validation_prompts(data.val_tokens, 2, min(64, args.seq_len), seed=args.seed)
     accepted = [0] * args.depth
     proposed = [0] * args.depth
     for prompt in prompts:
-        _, stats = multi_token.mtp_generate(
+        _, stats = mtp.mtp_generate(
             model.eval(), modules, prompt, GenerationConfig(max_new_tokens=32)
         )
         for i, (a, p) in enumerate(zip(stats.accepted_by_position, stats.proposed_by_position)):

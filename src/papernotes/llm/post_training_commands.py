@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
-from papernotes.core.checkpoint import atomic_write_file
+from papernotes.core.files import atomic_write_file
 from papernotes.errors import DataError
 from papernotes.llm.chat import ChatSession
-from papernotes.llm.commands import resolve_model_dir
 from papernotes.llm.data.chat_format import write_chat_template
 from papernotes.llm.data.tasks.instructions import InstructionConfig, conversation, make_instructions
-from papernotes.llm.generation.decoders import build_decoder
+from papernotes.llm.experiments.target import resolve_model_dir
+from papernotes.llm.generation.decoders import NOT_LOSSLESS, build_decoder, is_lossless
 from papernotes.llm.generation.generate import GenerationConfig
 from papernotes.llm.generation.responses import score_instructions
 from papernotes.llm.model.llama import Llama
@@ -207,12 +207,15 @@ def chat_session(args: argparse.Namespace) -> ChatSession:
     method, decoder = "plain", None
     if args.method != "plain":
         present = [name for name in ACCELERATORS if (model_dir.resolve().parent / name).is_dir()]
-        wanted = {"auto": present[:1], "speculative": ["draft"], "medusa": ["medusa"], "mtp": ["mtp"]}[
+        lossless = [name for name in present if is_lossless(METHOD_OF[name], args.temperature)]
+        wanted = {"auto": lossless[:1], "speculative": ["draft"], "medusa": ["medusa"], "mtp": ["mtp"]}[
             args.method
         ]
         if wanted:
             method = METHOD_OF[wanted[0]]
             decoder = build_decoder(method, model, model_dir, {}, args.num_draft_tokens)
+            if not is_lossless(method, args.temperature):
+                logger.warning(NOT_LOSSLESS)
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed
     )

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from papernotes.core.checkpoint import atomic_write_file
+from papernotes.core.files import atomic_write_file
 from papernotes.errors import DataError
 from papernotes.metrics.segmentation import SegmentationMetrics
 

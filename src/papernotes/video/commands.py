@@ -120,7 +120,7 @@ def train_command(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "model": args.model,
         "steps": args.steps,
-        "final_train_loss": sum(result.train_losses[-10:]) / max(len(result.train_losses[-10:]), 1),
+        "final_train_loss": result.final_loss,
         "train_s": result.wall_s,
         "skipped": batches.skipped,
         "num_skipped": len(batches.skipped),
@@ -146,7 +146,7 @@ def train_command(args: argparse.Namespace) -> dict[str, Any]:
 
 def eval_command(args: argparse.Namespace) -> dict[str, Any]:
     """``papernotes video eval``: top-1/top-5, mean class accuracy and a confusion-matrix figure."""
-    from papernotes.core.checkpoint import atomic_write_file
+    from papernotes.core.files import atomic_write_file
     from papernotes.metrics.classification import classification_summary, plot_confusion
     from papernotes.video.train import build_dataset, evaluate, load_recognizer, profile_recognizer
 

@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from papernotes.core.checkpoint import atomic_write_dir, check_state_dict, load_weights, save_weights
+from papernotes.core.checkpoint import check_state_dict, load_weights, save_weights
+from papernotes.core.files import atomic_write_dir
 from papernotes.core.train import Batch
 from papernotes.errors import CheckpointError, ConfigError, DataError
 from papernotes.video.data.datasets import RawFrameDataset, VideoDataset

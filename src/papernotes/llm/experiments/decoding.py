@@ -10,20 +10,19 @@ exports of the same weights. Every greedy output is checked against plain greedy
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
+from papernotes.core.cache import is_current, mark_current, recipe_key
 from papernotes.core.config import preset, to_dict
 from papernotes.core.experiments import ExperimentContext, ExperimentResult, Table
 from papernotes.core.train import TrainConfig, short_run, train
 from papernotes.llm.data.corpus import LMBatches
-from papernotes.llm.generation import medusa
-from papernotes.llm.generation import mtp as multi_token
+from papernotes.llm.experiments.target import DECODING_DIR, ensure_target
+from papernotes.llm.generation import medusa, mtp
 from papernotes.llm.generation.benchmark import Decoder, benchmark_decoders, validation_prompts
 from papernotes.llm.generation.generate import generate
 from papernotes.llm.generation.hf_reference import hf_decoder, load_hf_model, transformers_available
@@ -38,6 +37,17 @@ logger = logging.getLogger(__name__)
 
 # Training budget for the draft, heads and modules: ~4 minutes of the quick run on 2 cores.
 DECODING_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "draft_model": "tiny",
+        "draft_steps": 2,
+        "medusa_steps": 2,
+        "mtp_steps": 2,
+        "batch_size": 2,
+        "num_draft_tokens": 3,
+        "num_prompts": 2,
+        "prompt_len": 8,
+        "max_new_tokens": 8,
+    },
     "quick": {
         "draft_model": "pn-draft",
         "draft_steps": 800,
@@ -65,53 +75,37 @@ DECODING_SIZES: dict[str, dict[str, Any]] = {
 
 def _train_config(steps: int, batch_size: int, seed: int) -> TrainConfig:
     # bf16 autocast: the fastest mode on AVX-512 BF16 CPUs, fp32 master weights (see llm-pretrain)
-    return short_run(steps, batch_size, lr=3e-3, min_lr=3e-4, precision="bf16", seed=seed)
-
-
-def _key(recipe: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def _cached(directory: Path, key: str, use_cache: bool) -> bool:
-    marker = directory / "recipe_key.txt"
-    return use_cache and marker.is_file() and marker.read_text().strip() == key
-
-
-def _mark(directory: Path, key: str) -> None:
-    (directory / "recipe_key.txt").write_text(key)
+    return short_run(steps, batch_size, lr=3e-3, min_lr=3e-4, precision="auto", seed=seed)
 
 
 def run_decoding(ctx: ExperimentContext) -> ExperimentResult:
-    if "target_dir" not in ctx.shared:  # run alone (--only llm-decoding): build or load the target
-        from papernotes.llm.experiments.pretrain import run_pretrain
-
-        run_pretrain(ctx)
+    shared = ensure_target(ctx)
     size = DECODING_SIZES[ctx.size]
-    data = ctx.shared["corpus"]
-    seq_len = ctx.shared["pretrain_size"]["seq_len"]
-    target_dir: Path = ctx.shared["target_dir"]
+    data = shared.corpus
+    seq_len = shared.size["seq_len"]
+    target_dir = shared.directory
     target = Llama.from_pretrained(target_dir, dtype=None)
-    root = ctx.cache_dir / "llm"
-    base = {"target": ctx.shared["target_key"], "size": size, "seed": ctx.seed}
+    root = ctx.cache_dir.joinpath(*DECODING_DIR)
+    base = {"target": shared.key, "size": size, "seed": ctx.seed}
     trained: dict[str, float] = {}
 
     # 1. the draft: a smaller Llama on the same corpus and tokenizer
     draft_dir = root / "draft"
     draft_config = model_config_for(data, preset(PRESETS, size["draft_model"], "model preset"))
-    key = _key({**base, "draft": to_dict(draft_config)})
-    if not _cached(draft_dir, key, ctx.use_cache):
+    key = recipe_key({**base, "draft": to_dict(draft_config)})
+    if not is_current(draft_dir, key, ctx.use_cache):
         logger.info("llm-decoding: training the draft %s", size["draft_model"])
         cfg = _train_config(size["draft_steps"], size["batch_size"], ctx.seed)
         draft, result = pretrain(draft_config, cfg, data, seq_len)
         trained["draft_wall_s"] = result.wall_s
         save_model_dir(draft, data.tokenizer, draft_dir)
-        _mark(draft_dir, key)
+        mark_current(draft_dir, key)
     draft = Llama.from_pretrained(draft_dir)
 
     # 2. Medusa heads on the frozen target (Medusa-1)
     medusa_dir = root / "medusa"
-    key = _key({**base, "medusa": size["medusa_steps"]})
-    if not _cached(medusa_dir, key, ctx.use_cache):
+    key = recipe_key({**base, "medusa": size["medusa_steps"]})
+    if not is_current(medusa_dir, key, ctx.use_cache):
         logger.info("llm-decoding: training Medusa heads")
         heads = medusa.add_medusa_heads(target, medusa.MedusaConfig())
         cfg = _train_config(size["medusa_steps"], size["batch_size"], ctx.seed)
@@ -123,24 +117,24 @@ def run_decoding(ctx: ExperimentContext) -> ExperimentResult:
             target, heads, (val(i) for i in range(4))
         )  # the tree from measured accuracies
         medusa.save_medusa_heads(heads, medusa_dir)
-        _mark(medusa_dir, key)
+        mark_current(medusa_dir, key)
     heads = medusa.load_medusa_heads(target, medusa_dir)
 
     # 3. MTP modules on the frozen target
     mtp_dir = root / "mtp"
-    key = _key({**base, "mtp": size["mtp_steps"]})
-    if not _cached(mtp_dir, key, ctx.use_cache):
+    key = recipe_key({**base, "mtp": size["mtp_steps"]})
+    if not is_current(mtp_dir, key, ctx.use_cache):
         logger.info("llm-decoding: training MTP modules")
-        modules = multi_token.add_mtp_modules(target, multi_token.MTPConfig())
-        wrapper = multi_token.MTPTrainingModel(target, modules, train_base=False)
+        modules = mtp.add_mtp_modules(target, mtp.MTPConfig())
+        wrapper = mtp.MTPTrainingModel(target, modules, train_base=False)
         cfg = _train_config(size["mtp_steps"], size["batch_size"], ctx.seed)
         result = train(
-            wrapper, multi_token.mtp_training_loss, LMBatches(data.train_tokens, cfg.batch_size, seq_len), cfg
+            wrapper, mtp.mtp_training_loss, LMBatches(data.train_tokens, cfg.batch_size, seq_len), cfg
         )
         trained["mtp_wall_s"] = result.wall_s
-        multi_token.save_mtp_modules(modules, mtp_dir)
-        _mark(mtp_dir, key)
-    modules = multi_token.load_mtp_modules(target, mtp_dir)
+        mtp.save_mtp_modules(modules, mtp_dir)
+        mark_current(mtp_dir, key)
+    modules = mtp.load_mtp_modules(target, mtp_dir)
 
     target.eval()
     gamma = size["num_draft_tokens"]
@@ -149,7 +143,7 @@ def run_decoding(ctx: ExperimentContext) -> ExperimentResult:
         "speculative": lambda ids, cfg: speculative_generate(target, draft, ids, cfg, num_draft_tokens=gamma),
         "lookup": lambda ids, cfg: lookup_generate(target, ids, cfg, num_draft_tokens=gamma),
         "medusa": lambda ids, cfg: medusa.medusa_generate(target, heads, ids, cfg),
-        "mtp": lambda ids, cfg: multi_token.mtp_generate(target, modules, ids, cfg),
+        "mtp": lambda ids, cfg: mtp.mtp_generate(target, modules, ids, cfg),
     }
     notes = []
     if transformers_available():

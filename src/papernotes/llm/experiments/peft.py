@@ -10,7 +10,6 @@ with the base, the unmerged LoRA model and the merged LoRA model in the same pro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -20,10 +19,11 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
+from papernotes.core.cache import is_current, mark_current, recipe_key
 from papernotes.core.experiments import ExperimentContext, ExperimentResult, Table
 from papernotes.errors import DataError
-from papernotes.llm.commands import PEFT_BASE_DIR
 from papernotes.llm.data.tasks import table2text
+from papernotes.llm.experiments.target import PEFT_BASE_DIR, ensure_target
 from papernotes.llm.generation.generate import GenerationConfig, generate
 from papernotes.llm.model.llama import Llama
 from papernotes.llm.model.tokenizer import load_tokenizer
@@ -35,6 +35,20 @@ logger = logging.getLogger(__name__)
 
 # Budget: at most ~4 minutes of the quick run on 2 cores for all seven runs and the timing.
 PEFT_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "domain_steps": 2,
+        "steps": 2,
+        "batch_size": 2,
+        "train_size": 24,
+        "max_slots": 3,
+        "test_size": 3,
+        "max_new_tokens": 6,
+        "lora_ranks": [2, 4],
+        "prefix_lengths": [2],
+        "latency_prompts": 1,
+        "latency_new_tokens": 3,
+        "latency_repeats": 1,
+    },
     "quick": {
         "domain_steps": 150,
         "steps": 100,
@@ -79,12 +93,9 @@ def _runs(size: dict[str, Any], seed: int) -> list[tuple[str, finetune.FinetuneC
 
 
 def run_peft(ctx: ExperimentContext) -> ExperimentResult:
-    if "target_dir" not in ctx.shared:  # run alone (--only llm-peft): build or load the target
-        from papernotes.llm.experiments.pretrain import run_pretrain
-
-        run_pretrain(ctx)
+    target = ensure_target(ctx)
     size = PEFT_SIZES[ctx.size]
-    target_dir: Path = ctx.shared["target_dir"]
+    target_dir = target.directory
     tokenizer = load_tokenizer(target_dir)
     task = table2text.make_table2text(
         table2text.Table2TextConfig(
@@ -217,11 +228,10 @@ def _domain_base(
     sentences are used, without their records, so the base learns the language, not the task.
     """
     directory = ctx.cache_dir.joinpath(*PEFT_BASE_DIR)
-    recipe = {"target": ctx.shared.get("target_key"), "steps": size["domain_steps"], "seed": ctx.seed}
+    recipe = {"target": ensure_target(ctx).key, "steps": size["domain_steps"], "seed": ctx.seed}
     recipe.update(train_size=size["train_size"], max_slots=size["max_slots"])
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-    marker = directory / "papernotes_recipe.txt"
-    if ctx.use_cache and marker.is_file() and marker.read_text() == key:
+    key = recipe_key(recipe)
+    if is_current(directory, key, ctx.use_cache):
         logger.info("llm-peft: reusing the domain-adapted base %s", directory)
         return directory
     logger.info("llm-peft: adapting the target to the domain's sentences (%d steps)", size["domain_steps"])
@@ -230,7 +240,7 @@ def _domain_base(
     losses = finetune.adapt_to_domain(model, tokenizer, texts, size["domain_steps"], seed=ctx.seed)
     ctx.shared["peft_domain_losses"] = losses
     save_model_dir(model, tokenizer, directory)
-    marker.write_text(key)
+    mark_current(directory, key)
     return directory
 
 

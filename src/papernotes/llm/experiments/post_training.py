@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from papernotes.core.experiments import ExperimentContext, ExperimentResult, Table
 from papernotes.llm.data.chat_format import encode_chat
 from papernotes.llm.data.tasks.instructions import InstructionConfig, conversation, make_instructions
+from papernotes.llm.experiments.target import ensure_target
 from papernotes.llm.generation.responses import score_instructions
 from papernotes.llm.model.llama import Llama
 from papernotes.llm.model.tokenizer import load_tokenizer
@@ -94,13 +95,9 @@ POST_SIZES: dict[str, dict[str, Any]] = {
 
 
 def run_post_training(ctx: ExperimentContext) -> ExperimentResult:
-    if "target_dir" not in ctx.shared:  # run alone (--only llm-post-training): build or load the target
-        from papernotes.llm.experiments.pretrain import run_pretrain
-
-        run_pretrain(ctx)
     size = POST_SIZES[ctx.size]
     start = time.perf_counter()
-    target_dir: Path = ctx.shared["target_dir"]
+    target_dir = ensure_target(ctx).directory
     tokenizer = load_tokenizer(target_dir)
     data = make_instructions(
         InstructionConfig(

@@ -16,8 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from papernotes.errors import CheckpointError
-from papernotes.llm.generation import lookup, medusa, speculative
-from papernotes.llm.generation import mtp as multi_token
+from papernotes.llm.generation import lookup, medusa, mtp, speculative
 from papernotes.llm.generation.benchmark import Decoder
 from papernotes.llm.generation.generate import generate
 from papernotes.llm.model.llama import Llama
@@ -51,8 +50,8 @@ def _medusa(model: Llama, model_dir: Path, paths: dict[str, Path | None], gamma:
 
 
 def _mtp(model: Llama, model_dir: Path, paths: dict[str, Path | None], gamma: int) -> Decoder:
-    modules = multi_token.load_mtp_modules(model, sibling(model_dir, paths.get("mtp"), "mtp"))
-    return lambda ids, cfg: multi_token.mtp_generate(model, modules, ids, cfg)
+    modules = mtp.load_mtp_modules(model, sibling(model_dir, paths.get("mtp"), "mtp"))
+    return lambda ids, cfg: mtp.mtp_generate(model, modules, ids, cfg)
 
 
 # a plain mapping from method name to the function that assembles it
@@ -63,6 +62,22 @@ BUILDERS: dict[str, Callable[[Llama, Path, dict[str, Path | None], int], Decoder
     "medusa": _medusa,
     "mtp": _mtp,
 }
+
+
+def is_lossless(method: str, temperature: float) -> bool:
+    """True when ``method``'s output follows plain decoding's distribution exactly at this temperature.
+
+    Every method is exact when greedy (the tests compare tokens). When sampling, speculative decoding,
+    lookup and MTP keep the distribution (rejection sampling, Leviathan et al. 2023); Medusa's typical
+    acceptance (Cai et al. 2024, Sec. 2.3.1) accepts any plausible candidate and so changes it.
+    """
+    return method != "medusa" or temperature == 0
+
+
+NOT_LOSSLESS = (
+    "Medusa's typical acceptance at temperature > 0 is not lossless: the replies do not follow the model's "
+    "own sampling distribution (greedy Medusa, or speculative/lookup/mtp sampling, are exact)"
+)
 
 
 def build_decoder(

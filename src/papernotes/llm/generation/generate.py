@@ -97,21 +97,51 @@ class DecodeStats:
         }
 
 
-def emit_tokens(tokens: Sequence[int], new: list[int], config: GenerationConfig, stats: DecodeStats) -> bool:
-    """Append one target call's tokens to ``new``, cut exactly at EOS or ``max_new_tokens``.
+class DecodeLoop:
+    """What every multi-token decoding loop shares: stats, clock, seeded sampler, the tokens emitted so far.
 
-    Records how many were kept in ``stats.accepted_per_step``; True when decoding is done. Shared
-    by every method that emits several tokens per target call, so all stop at the same token.
+    A method prefills, counts the call (``stats.target_calls``), and while ``emit(tokens)`` says it is
+    not done, drafts, verifies and emits again; ``result`` returns the new ids and the stats.
     """
-    kept = 0
-    for token in tokens:
-        new.append(token)
-        kept += 1
-        if len(new) == config.max_new_tokens or token == config.eos_token_id:
-            stats.accepted_per_step.append(kept)
-            return True
-    stats.accepted_per_step.append(kept)
-    return False
+
+    def __init__(self, config: GenerationConfig) -> None:
+        self.config = config
+        self.stats = DecodeStats()
+        self.start = time.perf_counter()
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.new: list[int] = []
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (..., V) -> the sampling distribution (..., V) under temperature, top-k and top-p."""
+        c = self.config
+        return logits_to_probs(logits, c.temperature, c.top_k, c.top_p)
+
+    def sample(self, logits: torch.Tensor) -> int:
+        """One token from logits (V,), greedy when the temperature is 0."""
+        return int(sample(self.probs(logits), self.generator))
+
+    def emit(self, tokens: Sequence[int]) -> bool:
+        """Append one target call's tokens, cut exactly at EOS or ``max_new_tokens``; True when done.
+
+        Records how many were kept in ``stats.accepted_per_step``. Every method that emits several
+        tokens per target call goes through here, so all stop at the same token.
+        """
+        kept = 0
+        for token in tokens:
+            self.new.append(token)
+            kept += 1
+            if len(self.new) == self.config.max_new_tokens or token == self.config.eos_token_id:
+                self.stats.accepted_per_step.append(kept)
+                return True
+        self.stats.accepted_per_step.append(kept)
+        return False
+
+    def result(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, DecodeStats]:
+        """The new ids (1, N) in ``input_ids``' dtype and device, and the finished stats."""
+        self.stats.tokens = len(self.new)
+        self.stats.wall_s = time.perf_counter() - self.start
+        ids = torch.tensor([self.new], dtype=input_ids.dtype).view(1, len(self.new))
+        return ids.to(input_ids.device), self.stats
 
 
 def check_prompt(model: Llama, input_ids: torch.Tensor, config: GenerationConfig) -> None:

@@ -16,7 +16,7 @@ on a rejection norm(max(0, p_i − δ(x_i))) is p_i with x_i removed and renorma
 very same ``verify_draft`` fed one-hot q, so sampled output is distributed exactly as the
 target's and greedy output equals plain greedy output.
 
-Tests (``tests/llm/test_lookup.py``): the n-gram search on hand-made sequences; greedy output
+Tests (``tests/llm/generation/test_lookup.py``): the n-gram search on hand-made sequences; greedy output
 equals ``generate``'s on a repetitive prompt while accepting drafts (α > 0, τ > 1); sampled
 output stays in the target's support.
 
@@ -25,14 +25,12 @@ Shapes: L committed tokens, γ draft tokens, V vocabulary, T prompt length, N = 
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 
 from papernotes.errors import ConfigError
-from papernotes.llm.generation.generate import DecodeStats, GenerationConfig, check_prompt, emit_tokens
-from papernotes.llm.generation.sampling import logits_to_probs, sample, verify_draft
+from papernotes.llm.generation.generate import DecodeLoop, DecodeStats, GenerationConfig, check_prompt
+from papernotes.llm.generation.sampling import verify_draft
 from papernotes.llm.model.llama import Llama
 
 
@@ -72,43 +70,33 @@ def lookup_generate(
         raise ConfigError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
     if max_ngram_size < 1:
         raise ConfigError(f"max_ngram_size must be >= 1, got {max_ngram_size}")
-    stats = DecodeStats()
-    start = time.perf_counter()
-    generator = torch.Generator().manual_seed(config.seed)
+    loop = DecodeLoop(config)
     T, N, V = input_ids.shape[1], config.max_new_tokens, model.config.vocab_size
     cache = model.setup_cache(1, T + N)
     seq = input_ids.new_zeros(1, T + N)  # committed tokens t_0 .. t_n
     seq[:, :T] = input_ids
-    new: list[int] = []
     logits = model(input_ids, cache=cache)[0, -1]  # prefill: (V,)
-    stats.target_calls += 1
+    loop.stats.target_calls += 1
     if N == 0:
-        stats.wall_s = time.perf_counter() - start
-        return input_ids.new_zeros((1, 0)), stats
-    emitted = [
-        int(sample(logits_to_probs(logits, config.temperature, config.top_k, config.top_p), generator))
-    ]
+        return loop.result(input_ids)
+    emitted = [loop.sample(logits)]
     n = T  # position of the newest committed token t_n; the cache holds positions < n
-    while True:
-        if emit_tokens(emitted, new, config, stats):  # eos and max_new_tokens cut exactly
-            break
+    while not loop.emit(emitted):  # eos and max_new_tokens cut exactly
         seq[:, n] = emitted[-1]
         # drafts + the bonus token must fit in max_new_tokens; no match -> a plain one-token step
-        drafts = find_lookup_draft(seq[0, : n + 1], min(num_draft_tokens, N - len(new) - 1), max_ngram_size)
+        room = min(num_draft_tokens, N - len(loop.new) - 1)
+        drafts = find_lookup_draft(seq[0, : n + 1], room, max_ngram_size)
         gamma = drafts.shape[0]
         q = F.one_hot(drafts, V).float()  # (γ, V): a deterministic draft is a one-hot distribution
         block = torch.cat([seq[:, n : n + 1], drafts.view(1, -1)], dim=1)  # [t_n, x_1 .. x_γ]: (1, γ + 1)
         logits = model(block, cache=cache)[0]  # (γ + 1, V)
-        stats.target_calls += 1
-        p = logits_to_probs(logits, config.temperature, config.top_k, config.top_p)  # (γ + 1, V)
+        loop.stats.target_calls += 1
         # Leviathan et al. 2023, Alg. 1 with q = one-hot: accept x with prob p(x), else resample p \ {x}
-        accepted, token = verify_draft(p, q, drafts, generator)
+        accepted, token = verify_draft(loop.probs(logits), q, drafts, loop.generator)
         for i in range(gamma):
-            stats.record_position(i, i < accepted)
+            loop.stats.record_position(i, i < accepted)
         cache.crop(n + accepted + 1)  # keep t_n and the accepted drafts; drop the rejected tail
         seq[:, n + 1 : n + accepted + 1] = drafts[:accepted]
         emitted = [*drafts[:accepted].tolist(), token]
         n += accepted + 1
-    stats.tokens = len(new)
-    stats.wall_s = time.perf_counter() - start
-    return torch.tensor([new], dtype=input_ids.dtype, device=input_ids.device), stats
+    return loop.result(input_ids)

@@ -22,7 +22,7 @@ At inference the modules draft D tokens that the main model verifies in one forw
 speculative decoding, Leviathan et al. 2023, arXiv:2211.17192); greedy output is exactly the
 main model's greedy output, sampled output follows its distribution exactly.
 
-Tests (``tests/llm/test_multi_token.py``): the loss against a hand computation position by
+Tests (``tests/llm/generation/test_mtp.py``): the loss against a hand computation position by
 position, gradient flow in the joint and frozen-base modes, greedy ``mtp_generate`` equal to
 ``generate`` token for token (random, garbage and trained modules, depth 1 and 2), high
 acceptance after training on a repetitive sequence, the acceptance rule's output distribution,
@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +46,7 @@ from torch import nn
 
 from papernotes.core.train import IGNORE_INDEX
 from papernotes.errors import ConfigError
-from papernotes.llm.generation.generate import DecodeStats, GenerationConfig, check_prompt, emit_tokens
+from papernotes.llm.generation.generate import DecodeLoop, DecodeStats, GenerationConfig, check_prompt
 from papernotes.llm.generation.sampling import logits_to_probs, sample, verify_draft
 from papernotes.llm.model.config import LlamaConfig
 from papernotes.llm.model.extra_weights import load_extra_weights, read_extra_config, save_extra_weights
@@ -372,9 +371,7 @@ def mtp_generate(
     """
     check_prompt(model, input_ids, config)
     _check_pair(model, modules)
-    stats = DecodeStats()
-    start = time.perf_counter()
-    generator = torch.Generator().manual_seed(config.seed)
+    loop = DecodeLoop(config)
     T = input_ids.shape[1]
     length = T + config.max_new_tokens  # the last verified position is T + max_new_tokens - 2
     cache = model.setup_cache(1, length)
@@ -382,39 +379,31 @@ def mtp_generate(
     E = model.config.hidden_size
     seq = input_ids.new_zeros(1, length)  # committed tokens t_0 .. t_n
     seq[:, :T] = input_ids
-    new: list[int] = []
     logits, h = model(input_ids, cache=cache, return_hidden=True)  # prefill: (1, T, V), (1, T, E)
-    stats.target_calls += 1
+    loop.stats.target_calls += 1
     if config.max_new_tokens == 0:  # as generate: the prefill runs, nothing is emitted
-        stats.wall_s = time.perf_counter() - start
-        return input_ids.new_zeros((1, 0)), stats
+        return loop.result(input_ids)
     hidden = [h.new_zeros(1, length, E) for _ in range(modules.depth)]  # hidden[k]: h^k by position
     hidden[0][:, :T] = h
-    first = sample(logits_to_probs(logits[0, -1], config.temperature, config.top_k, config.top_p), generator)
-    emitted = [int(first)]
+    emitted = [loop.sample(logits[0, -1])]
     n = T  # index of the newest committed token t_n; the main cache holds positions < n
-    while True:
-        if emit_tokens(emitted, new, config, stats):  # eos and max_new_tokens cut exactly
-            break
+    while not loop.emit(emitted):  # eos and max_new_tokens cut exactly
         seq[:, n] = emitted[-1]
         # drafts + the bonus token must fit in max_new_tokens
-        num_drafts = min(modules.depth, config.max_new_tokens - len(new) - 1)
-        drafts, q = _draft(model, modules, caches, hidden, seq, n, num_drafts, config, generator)
+        num_drafts = min(modules.depth, config.max_new_tokens - len(loop.new) - 1)
+        drafts, q = _draft(model, modules, caches, hidden, seq, n, num_drafts, config, loop.generator)
         feed = torch.cat([seq[:, n : n + 1], drafts.view(1, -1)], dim=1)  # [t_n, d_1 .. d_m]: (1, m + 1)
         logits, h = model(feed, cache=cache, return_hidden=True)  # (1, m + 1, V), (1, m + 1, E)
-        stats.target_calls += 1
-        p = logits_to_probs(logits[0], config.temperature, config.top_k, config.top_p)  # (m + 1, V)
-        accepted, bonus = verify_draft(p, q, drafts, generator)
+        loop.stats.target_calls += 1
+        accepted, bonus = verify_draft(loop.probs(logits[0]), q, drafts, loop.generator)  # p: (m + 1, V)
         for position in range(num_drafts):
-            stats.record_position(position, position < accepted)
+            loop.stats.record_position(position, position < accepted)
         cache.crop(n + accepted + 1)  # keep t_n and the accepted drafts; drop the rejected tail
         hidden[0][:, n : n + accepted + 1] = h[:, : accepted + 1]
         seq[:, n + 1 : n + accepted + 1] = drafts[:accepted]
         emitted = [*drafts[:accepted].tolist(), bonus]
         n += accepted + 1
-    stats.tokens = len(new)
-    stats.wall_s = time.perf_counter() - start
-    return torch.tensor([new], dtype=input_ids.dtype, device=input_ids.device), stats
+    return loop.result(input_ids)
 
 
 def save_mtp_modules(modules: MTPModules, directory: str | Path) -> Path:

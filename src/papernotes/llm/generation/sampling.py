@@ -7,7 +7,7 @@ is what lossless methods (speculative decoding) need to compare p and q.
 ``verify_draft`` is the one acceptance rule of every lossless drafting method (speculative
 decoding, prompt lookup, MTP): modified rejection sampling (Leviathan et al. 2023, arXiv
 2211.17192; Chen et al. 2023, arXiv 2302.01318), tested against the target's exact
-distribution with chi-square tests in ``tests/llm/test_speculative.py``.
+distribution with chi-square tests in ``tests/llm/generation/test_speculative.py``.
 
 Shapes: logits (..., V) -> probs (..., V) in fp32.
 """

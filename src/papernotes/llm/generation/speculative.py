@@ -21,7 +21,7 @@ With acceptance rate α the expected tokens per target call are (1 − α^{γ+1}
 Greedy decoding (temperature 0) needs no special case: p and q are one-hot, so a draft is
 accepted iff it is the target's argmax, and the residual is the target's one-hot argmax.
 
-Tests (``tests/llm/test_speculative.py``): greedy output equals ``generate``'s token for token;
+Tests (``tests/llm/generation/test_speculative.py``): greedy output equals ``generate``'s token for token;
 a draft equal to the target accepts everything (α = 1, τ = γ + 1) and a never-agreeing draft
 accepts nothing; the first emitted token of ``verify_draft`` and whole sampled sequences from
 hand-made Markov models pass a chi-square test against the target's exact distribution.
@@ -31,12 +31,10 @@ Shapes: γ draft tokens, V vocabulary, T prompt length, N = max_new_tokens.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from papernotes.errors import ConfigError
-from papernotes.llm.generation.generate import DecodeStats, GenerationConfig, check_prompt, emit_tokens
+from papernotes.llm.generation.generate import DecodeLoop, DecodeStats, GenerationConfig, check_prompt
 from papernotes.llm.generation.sampling import logits_to_probs, sample, verify_draft
 from papernotes.llm.model.llama import Llama
 from papernotes.nn.kv_cache import KVCache
@@ -105,40 +103,31 @@ def speculative_generate(
     check_prompt(target, input_ids, config)
     check_prompt(draft, input_ids, config)
     check_draft(target, draft, num_draft_tokens)
-    stats = DecodeStats()
-    start = time.perf_counter()
-    generator = torch.Generator().manual_seed(config.seed)
+    loop = DecodeLoop(config)
     T, N = input_ids.shape[1], config.max_new_tokens
     # the last block's target forward ends at position T + N − 2 (see the γ cap below)
     target_cache = target.setup_cache(1, T + N)
     draft_cache = draft.setup_cache(1, T + N)
     seq = input_ids.new_zeros(1, T + N)  # committed tokens t_0 .. t_n
     seq[:, :T] = input_ids
-    new: list[int] = []
     logits = target(input_ids, cache=target_cache)[0, -1]  # prefill: (V,)
-    stats.target_calls += 1
+    loop.stats.target_calls += 1
     if N == 0:  # as generate: the prefill runs, nothing is emitted
-        stats.wall_s = time.perf_counter() - start
-        return input_ids.new_zeros((1, 0)), stats
-    emitted = [
-        int(sample(logits_to_probs(logits, config.temperature, config.top_k, config.top_p), generator))
-    ]
+        return loop.result(input_ids)
+    emitted = [loop.sample(logits)]
     n = T  # position of the newest committed token t_n; the target cache holds positions < n
     gamma_next = num_draft_tokens
-    while True:
-        if emit_tokens(emitted, new, config, stats):  # eos and max_new_tokens cut exactly
-            break
+    while not loop.emit(emitted):  # eos and max_new_tokens cut exactly
         seq[:, n] = emitted[-1]
         # the γ drafts and the bonus token must fit in max_new_tokens (and so in both caches)
-        gamma = min(gamma_next, N - len(new) - 1)
-        drafts, q = _draft_tokens(draft, draft_cache, seq, n, gamma, config, generator)
+        gamma = min(gamma_next, N - len(loop.new) - 1)
+        drafts, q = _draft_tokens(draft, draft_cache, seq, n, gamma, config, loop.generator)
         block = torch.cat([seq[:, n : n + 1], drafts.view(1, -1)], dim=1)  # [t_n, x_1 .. x_γ]: (1, γ + 1)
         logits = target(block, cache=target_cache)[0]  # (γ + 1, V): one call scores every draft
-        stats.target_calls += 1
-        p = logits_to_probs(logits, config.temperature, config.top_k, config.top_p)  # (γ + 1, V)
-        accepted, token = verify_draft(p, q, drafts, generator)
+        loop.stats.target_calls += 1
+        accepted, token = verify_draft(loop.probs(logits), q, drafts, loop.generator)  # p: (γ + 1, V)
         for i in range(gamma):
-            stats.record_position(i, i < accepted)
+            loop.stats.record_position(i, i < accepted)
         # roll back to the committed tokens: t_n and x_1..x_a (the draft never fed x_γ itself)
         target_cache.crop(n + accepted + 1)
         draft_cache.crop(min(draft_cache.length, n + accepted + 1))
@@ -147,6 +136,4 @@ def speculative_generate(
         n += accepted + 1
         if adaptive and gamma > 0:
             gamma_next = gamma_next + 2 if accepted == gamma else max(1, gamma_next - 1)
-    stats.tokens = len(new)
-    stats.wall_s = time.perf_counter() - start
-    return torch.tensor([new], dtype=input_ids.dtype, device=input_ids.device), stats
+    return loop.result(input_ids)

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from papernotes.core.checkpoint import atomic_write_file, check_state_dict, load_weights, save_weights
+from papernotes.core.checkpoint import check_state_dict, load_weights, save_weights
+from papernotes.core.files import atomic_write_file
 from papernotes.errors import CheckpointError, ConfigError
 
 ConfigT = TypeVar("ConfigT")

@@ -10,7 +10,7 @@ Only safetensors is read (never pickle). Every failure raises CheckpointError (o
 ShapeMismatchError) naming the file or tensor. Writes are atomic: the directory is
 built beside its destination and renamed into place. The model-specific checks (which
 tensors, which shapes) come from the caller, e.g. ``papernotes.llm.model.llama``; the tests in
-``tests/llm/test_llama_io.py`` round-trip through transformers' own loader and saver.
+``tests/llm/model/test_llama_io.py`` round-trip through transformers' own loader and saver.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from papernotes.core.checkpoint import atomic_write_dir
+from papernotes.core.files import atomic_write_dir
 from papernotes.errors import CheckpointError, ConfigError, ShapeMismatchError
 
 CONFIG_NAME = "config.json"

@@ -11,7 +11,7 @@ frequency scaling for long contexts). For layer input x:
 
 The module tree and parameter names are exactly those of transformers'
 ``LlamaForCausalLM``, so ``state_dict()`` keys match HF one to one; the tests
-(``tests/llm/test_llama.py``, ``test_llama_io.py``) copy weights between the two and
+(``tests/llm/model/test_llama.py``, ``test_llama_io.py``) copy weights between the two and
 compare logits, hidden states, cached decoding and prefix (past key/value) behaviour.
 
 Hooks for decoding methods and adapters (see ``Llama.forward`` and docs/llama3.md):

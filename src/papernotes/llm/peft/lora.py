@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from papernotes.core.checkpoint import atomic_write_dir, check_state_dict, load_weights, save_weights
+from papernotes.core.checkpoint import check_state_dict, load_weights, save_weights
+from papernotes.core.files import atomic_write_dir
 from papernotes.errors import CheckpointError, ConfigError
 from papernotes.llm.model import hf_io
 

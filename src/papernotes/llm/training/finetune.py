@@ -50,7 +50,7 @@ class FinetuneConfig:
     steps: int = 300  # optimizer steps
     batch_size: int = 16  # examples per step
     lr: float | None = None  # None: DEFAULT_LR[method]
-    precision: str = "bf16"  # autocast dtype of the training forward ("fp32" | "bf16" | "fp16")
+    precision: str = "auto"  # "fp32" | "bf16" | "fp16" | "auto" (bf16 where native, else fp32)
     max_new_tokens: int = 64  # evaluation decoding budget per example
     eval_batch_size: int = 64  # rows decoded together at evaluation
     seed: int = 0
@@ -155,7 +155,7 @@ def adapt_to_domain(
     bos, eos = tokenizer.token_to_id(BOS), tokenizer.token_to_id(EOS)
     encoded = [Encoded([bos, *tokenizer.encode(t).ids, eos], 1) for t in texts]
     model.requires_grad_(True)
-    config = recipe_train_config(steps, batch_size, lr, "bf16", seed)
+    config = recipe_train_config(steps, batch_size, lr, "auto", seed)
     result = train(model, target_loss, TaskBatches(encoded, batch_size, eos, seed=seed), config)
     return result.train_losses
 

@@ -171,7 +171,7 @@ class DPOConfig:
     steps: int = 100
     batch_size: int = 8  # pairs per step
     lr: float = 1e-5  # Llama 3 used 1e-5 at 405B scale; small models take more
-    precision: str = "bf16"
+    precision: str = "auto"
     seed: int = 0
 
 

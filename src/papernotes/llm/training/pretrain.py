@@ -8,7 +8,6 @@ keyed by everything that changes them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -20,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from papernotes.core.checkpoint import atomic_write_dir
+from papernotes.core.cache import recipe_key
+from papernotes.core.files import atomic_write_dir
 from papernotes.core.train import TrainConfig, TrainResult, train
 from papernotes.llm.data.corpus import LMBatches, iter_documents, split_documents
 from papernotes.llm.model.config import LlamaConfig
@@ -58,7 +58,7 @@ def prepare_corpus(
 ) -> CorpusData:
     """Train the tokenizer and tokenise the corpus, or load both from the cache."""
     source = str(Path(text_dir).resolve()) if text_dir is not None else f"stdlib-{platform.python_version()}"
-    key = hashlib.sha256(json.dumps([source, vocab_size, max_bytes]).encode()).hexdigest()[:12]
+    key = recipe_key([source, vocab_size, max_bytes])
     directory = Path(cache_dir) / "corpus" / key
     if use_cache and (directory / "meta.json").is_file():
         logger.info("corpus: reusing %s", directory)

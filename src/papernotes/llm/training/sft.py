@@ -41,7 +41,7 @@ class SFTConfig:
     lr: float | None = None  # None: DEFAULT_LR[method]
     max_length: int = 512  # tokens per packed row
     pack: bool = True  # False: one conversation per (padded) row
-    precision: str = "bf16"  # autocast dtype of the training forward
+    precision: str = "auto"  # "fp32" | "bf16" | "fp16" | "auto" (bf16 where native, else fp32)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from papernotes.core.files import write_text_atomic
 from papernotes.errors import ConfigError, DataError
 from papernotes.video.data.transforms import to_float_clip
 from papernotes.video.data.video_io import (
@@ -39,7 +40,6 @@ from papernotes.video.data.video_io import (
     RGB_TEMPLATE,
     read_frames,
     read_video,
-    write_text_atomic,
 )
 
 logger = logging.getLogger(__name__)

@@ -34,11 +34,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from papernotes.core.files import atomic_write_dir
 from papernotes.errors import ConfigError, DataError
 from papernotes.video.data.video_io import (
     FLOW_TEMPLATE,
     RGB_TEMPLATE,
-    atomic_output_dir,
     read_frames,
     read_video,
     write_frames,
@@ -140,7 +140,7 @@ def extract_flow_video(
         raise DataError(f"video {video_path} has {len(frames)} frame; optical flow needs at least 2")
     flow = compute_flow(frames, method)  # (N-1, H, W, 2)
     encoded = flow_to_uint8(flow, bound)
-    with atomic_output_dir(out_dir) as tmp:
+    with atomic_write_dir(out_dir, durable=False) as tmp:
         write_frames(tmp, encoded[..., 0], FLOW_TEMPLATE, axis="x", jpeg_quality=jpeg_quality)
         write_frames(tmp, encoded[..., 1], FLOW_TEMPLATE, axis="y", jpeg_quality=jpeg_quality)
         if write_rgb:

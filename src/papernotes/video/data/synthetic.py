@@ -44,8 +44,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from papernotes.core.files import atomic_write_dir
 from papernotes.errors import ConfigError
-from papernotes.video.data.video_io import atomic_output_dir, default_codec, write_frames, write_video
+from papernotes.video.data.video_io import default_codec, write_frames, write_video
 
 logger = logging.getLogger(__name__)
 
@@ -419,7 +420,7 @@ def make_synthetic(
                 "pass overwrite=True (--overwrite) or choose another folder"
             )
     started = time.perf_counter()
-    with atomic_output_dir(out_dir) as tmp:
+    with atomic_write_dir(out_dir, durable=False) as tmp:
         class_ids = range(len(CLASSES))
         if workers == 1:
             per_class = [_write_class(tmp, c, params) for c in class_ids]

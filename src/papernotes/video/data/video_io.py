@@ -9,26 +9,23 @@ arrays shaped (N, H, W, 3), N frames of H x W pixels.
   file and both reasons.
 * Frame folders follow the mmaction2 "rawframes" layout: ``img_00001.jpg``, ``img_00002.jpg``, ... (1-based),
   and for optical flow ``flow_x_00001.jpg`` / ``flow_y_00001.jpg`` (TSN's dense_flow naming).
-* Outputs are written atomically: to a temp name beside the target, then renamed. Unlike
-  :func:`papernotes.core.checkpoint.atomic_write_dir` nothing is fsynced: these folders hold tens of thousands
-  of small regenerable files, and at about 4 ms per fsync that would dominate the run time. A crash of the
-  process still never leaves a half-written folder under the final name. This module also avoids importing
-  torch, so the process-pool workers of :mod:`~papernotes.video.data.flow` start quickly.
+* Outputs are written atomically (:mod:`papernotes.core.files`), without fsync: these folders hold tens of
+  thousands of small regenerable files, and at about 4 ms per fsync that would dominate the run time. A crash
+  of the process still never leaves a half-written folder under the final name. This module also avoids
+  importing torch, so the process-pool workers of :mod:`~papernotes.video.data.flow` start quickly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from papernotes.core.files import atomic_write_file
 from papernotes.errors import ConfigError, DataError
 
 try:  # PyAV is the primary decoder; OpenCV alone still reads and writes mp4
@@ -41,62 +38,6 @@ logger = logging.getLogger(__name__)
 RGB_TEMPLATE = "img_{:05d}.jpg"  # mmaction2 / TSN rawframe names, 1-based
 FLOW_TEMPLATE = "flow_{}_{:05d}.jpg"  # formatted with "x" or "y", then the 1-based index
 _CONTAINER_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_output_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp directory beside ``path``; on success it replaces ``path`` by a rename.
-
-    On an exception the temp directory is removed and ``path`` is left as it was. No fsync (see the module
-    docstring): the guarantee is against interrupted processes, not power loss.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if path.exists():  # rename(2) cannot replace a non-empty directory: move the old one aside first
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        path.rename(old / path.name)
-    tmp.rename(path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_output_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temp file path beside ``path`` with the same suffix; on success it is renamed over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # keep the suffix: OpenCV's writer and PyAV's format guess both look at it
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    tmp.chmod(0o666 & ~_umask())
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write a small text file (a list file, a JSON summary) by temp file + rename."""
-    with atomic_output_file(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
 
 
 # ----------------------------------------------------------------------------------------------- decoding
@@ -249,7 +190,7 @@ def write_video(
             _write_pyav(target, frames, fps, codec, container_format)
 
     if atomic:
-        with atomic_output_file(path) as tmp:
+        with atomic_write_file(path, durable=False) as tmp:
             write(tmp)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)

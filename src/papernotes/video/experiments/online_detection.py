@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from papernotes.core.experiments import Experiment, ExperimentContext, ExperimentResult, Table
+from papernotes.core.experiments import ExperimentContext, ExperimentResult, Table
 from papernotes.core.train import short_run, train
 from papernotes.metrics.online_detection import calibrated_map, per_frame_map
 from papernotes.video.online.data.synthetic_streams import PRESETS as STREAM_PRESETS
@@ -124,7 +124,7 @@ def run_online_detection(ctx: ExperimentContext) -> ExperimentResult:
                 "params": sum(p.numel() for p in model.parameters()),
                 "step_s": step_s,
                 "epoch_s": step_s * steps_per_epoch,
-                "final_loss": float(np.mean(result.train_losses[-10:])),
+                "final_loss": result.final_loss,
                 "stream_rtf": rtf,
                 "stream_max_abs_diff": stream_diff,
             }
@@ -240,13 +240,3 @@ def _timeline(session, scores_of: dict[str, np.ndarray], class_names, ignore, pa
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
-
-
-EXPERIMENTS = [
-    Experiment(
-        "online-detection",
-        "video",
-        "MLP, TCN, TRN, IDN and OadTR on embedded feature streams: mAP, mcAP, epoch time, streaming",
-        run_online_detection,
-    ),
-]

@@ -17,7 +17,6 @@ under-trained; ``--size full`` trains for longer on more clips. The numbers are 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import statistics
@@ -28,7 +27,8 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from papernotes.core.experiments import Experiment, ExperimentContext, ExperimentResult, Table
+from papernotes.core.cache import recipe_key
+from papernotes.core.experiments import ExperimentContext, ExperimentResult, Table
 from papernotes.core.train import short_run, train
 from papernotes.metrics.classification import classification_summary, plot_confusion
 from papernotes.video.data.flow import extract_flow_list
@@ -85,14 +85,10 @@ VIDEO_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-def _key(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-
-
 def _dataset(ctx: ExperimentContext, size: dict[str, Any]) -> Path:
     """The benchmark with rawframes and TSN flow, generated once into the cache."""
     data_settings = {k: size[k] for k in ("clips_per_class", "frame_size", "num_frames")} | {"seed": ctx.seed}
-    root = ctx.cache_dir / "video" / f"synthetic-{_key(data_settings)}"
+    root = ctx.cache_dir / "video" / f"synthetic-{recipe_key(data_settings)}"
     if not (root / "classes.json").is_file():
         logger.info("video-recognition: generating the benchmark into %s", root)
         make_synthetic(
@@ -136,7 +132,7 @@ def _train_one(
     info = {
         "train_s": result.wall_s,
         "step_s": result.wall_s / max(size["steps"], 1),
-        "final_loss": statistics.fmean(result.train_losses[-10:]),
+        "final_loss": result.final_loss,
         "skipped": batches.skipped,
     }
     meta = {
@@ -171,7 +167,7 @@ def run_video_recognition(ctx: ExperimentContext) -> ExperimentResult:
     classes = json.loads((root / "classes.json").read_text())
     names = [c["name"] for c in classes["classes"]]
     order_sensitive = torch.tensor([c["order_sensitive"] for c in classes["classes"]])
-    recipe = _key({**size, "seed": ctx.seed, "data": root.name})
+    recipe = recipe_key({**size, "seed": ctx.seed, "data": root.name})
     rows: list[dict[str, Any]] = []
     models: dict[str, torch.nn.Module] = {}
     figures: list[str] = []
@@ -324,13 +320,3 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
-
-
-EXPERIMENTS = [
-    Experiment(
-        "video-recognition",
-        "video",
-        "TSN, Two-Stream, TRN, TSM, TDN, TAM and a 3-D CNN on the temporally sensitive synthetic benchmark",
-        run_video_recognition,
-    ),
-]

@@ -11,13 +11,12 @@ from typing import Any
 import torch
 
 from papernotes.core.checkpoint import (
-    atomic_write_dir,
-    atomic_write_file,
     check_state_dict,
     load_weights,
     refuse_non_empty,
     save_weights,
 )
+from papernotes.core.files import atomic_write_dir, atomic_write_file
 from papernotes.errors import CheckpointError, ConfigError
 from papernotes.video.online.models import build_detector
 
@@ -120,7 +119,7 @@ def train_command(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "model": args.model,
         "steps": args.steps,
-        "final_train_loss": sum(result.train_losses[-10:]) / max(len(result.train_losses[-10:]), 1),
+        "final_train_loss": result.final_loss,
         "train_s": result.wall_s,
     }
     if args.eval:

@@ -16,8 +16,8 @@ Natural Language Generation", arXiv:1901.07931), pooled over a corpus::
 
 Each slot counts at most one error: *missing* when no value of it is expressed, *wrong* when
 only other values are, *added* when a slot outside the MR is expressed or an extra value
-appears beside the right one. Tests hold every generated reference to zero slot errors and
-``bleu`` to sacrebleu called directly.
+appears beside the right one. Tests hold every generated reference to zero slot errors, and check
+that ``bleu`` hands sacrebleu each hypothesis's references as transposed, padded reference streams.
 """
 
 from __future__ import annotations

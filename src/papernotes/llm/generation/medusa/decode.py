@@ -11,13 +11,12 @@ Shapes: B batch, T tokens, E hidden size, V vocabulary, K heads, N tree nodes (r
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 
 import torch
 
 from papernotes.errors import ConfigError, DataError
-from papernotes.llm.generation.generate import DecodeStats, GenerationConfig, check_prompt, emit_tokens
+from papernotes.llm.generation.generate import DecodeLoop, DecodeStats, GenerationConfig, check_prompt
 from papernotes.llm.generation.medusa.heads import MedusaHeads, check_heads_fit
 from papernotes.llm.generation.medusa.tree import MedusaTree, build_tree, chain_tree, longest_accepted_path
 from papernotes.llm.generation.sampling import logits_to_probs, sample
@@ -174,9 +173,7 @@ def medusa_generate(
     check_prompt(model, input_ids, config)
     check_heads_fit(model, heads)
     full_tree = resolve_tree(heads, tree)
-    stats = DecodeStats()
-    start_time = time.perf_counter()
-    generator = torch.Generator().manual_seed(config.seed)
+    loop = DecodeLoop(config)
     cfg, T = model.config, input_ids.shape[1]
     weight = model.lm_head.weight
     # Slots are not positions: rejected branches occupy up to N slots until compacted away,
@@ -191,23 +188,19 @@ def medusa_generate(
         device=weight.device,
     )
     logits, hidden = model(input_ids, cache=cache, return_hidden=True)  # prefill: (1, T, V), (1, T, E)
-    stats.target_calls += 1
+    loop.stats.target_calls += 1
     if config.max_new_tokens == 0:  # as generate: the prefill runs, nothing is emitted
-        stats.wall_s = time.perf_counter() - start_time
-        return input_ids.new_zeros((1, 0)), stats
-    probs = logits_to_probs(logits[0, -1], config.temperature, config.top_k, config.top_p)
-    root, last_hidden = int(sample(probs, generator)), hidden[0, -1]  # t_T and h_{T-1}
-    emitted, new = [root], []
+        return loop.result(input_ids)
+    root, last_hidden = loop.sample(logits[0, -1]), hidden[0, -1]  # t_T and h_{T-1}
+    emitted = [root]
     n = T  # the root's position; the cache holds positions < n
-    while True:
-        if emit_tokens(emitted, new, config, stats):  # eos and max_new_tokens cut exactly
-            break
+    while not loop.emit(emitted):  # eos and max_new_tokens cut exactly
         # accepted candidates + the next root must fit in what max_new_tokens still allows
-        step_tree = full_tree.truncate(config.max_new_tokens - len(new) - 1)
+        step_tree = full_tree.truncate(config.max_new_tokens - len(loop.new) - 1)
         head_logits = heads(last_hidden) if step_tree.num_nodes > 1 else None  # (K, V)
         tree_tokens = generate_candidates(root, head_logits, step_tree)  # (N,)
         tree_logits, tree_hidden = tree_decode(model, cache, tree_tokens, step_tree)  # (N, V), (N, E)
-        stats.target_calls += 1
+        loop.stats.target_calls += 1
         path = evaluate_posterior(
             tree_logits,
             tree_tokens,
@@ -217,10 +210,8 @@ def medusa_generate(
             heads.config.typical_delta,
         )
         for depth in range(1, step_tree.depth + 1):
-            stats.record_position(depth - 1, depth < len(path))
-        root, last_hidden = update_inputs(cache, n, path, tree_logits, tree_hidden, config, generator)
+            loop.stats.record_position(depth - 1, depth < len(path))
+        root, last_hidden = update_inputs(cache, n, path, tree_logits, tree_hidden, config, loop.generator)
         emitted = [*tree_tokens[path[1:]].tolist(), root]
         n += len(path)
-    stats.tokens = len(new)
-    stats.wall_s = time.perf_counter() - start_time
-    return torch.tensor([new], dtype=input_ids.dtype, device=input_ids.device), stats
+    return loop.result(input_ids)

@@ -28,7 +28,7 @@ registered on the base, whose ``state_dict`` stays HF-identical. The heads cast 
 state they read to their own dtype/device, so decoding keeps working after ``model.to(dtype)``
 (cast the heads too to save memory). Only Medusa-1 (frozen base) is implemented.
 
-Tests (``tests/llm/test_medusa.py``): zero-init heads equal the base head, no base gradients,
+Tests (``tests/llm/generation/test_medusa.py``): zero-init heads equal the base head, no base gradients,
 the 0.8^k weights against a hand computation, training raises head accuracy, greedy
 ``medusa_generate`` equals ``generate`` token for token (random and trained heads, greedy and
 user trees), the tree mask against running each path alone, typical acceptance on hand-made

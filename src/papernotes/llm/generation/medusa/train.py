@@ -7,9 +7,9 @@ with cross-entropy against the token k + 2 positions ahead, weighted 0.8^k:
 
 Training runs through ``core.train.train`` with the heads as the trained module, so the optimizer
 and checkpoints hold only head weights. ``head_topk_accuracy`` measures each head's top-k accuracy
-on validation batches; ``calibrate_tree`` turns it into the candidate tree
-(``medusa_tree.greedy_tree``). Tests: ``tests/llm/test_medusa.py`` (loss against a hand computation,
-frozen base, accuracy rising with training, greedy tree structure).
+on validation batches; ``calibrate_tree`` turns it into the candidate tree (``tree.greedy_tree``).
+Tests: ``tests/llm/generation/test_medusa.py`` (loss against a hand computation, frozen base, accuracy
+rising with training, greedy tree structure).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def head_topk_accuracy(
     """(K, k_max): [k, j] = fraction of positions whose target t_{i+k+2} is in head k's top-(j+1).
 
     ``batches`` is an iterable of {"input_ids", "labels"} dicts (e.g. ``(val(i) for i in range(n))``).
-    Feed the result to :func:`medusa_tree.greedy_tree` (or use :func:`calibrate_tree`).
+    Feed the result to :func:`tree.greedy_tree` (or use :func:`calibrate_tree`).
     """
     check_heads_fit(model, heads)
     if not 1 <= k_max <= model.config.vocab_size:

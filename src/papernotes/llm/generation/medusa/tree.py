@@ -24,7 +24,7 @@ candidates of a tree is
 Every path's product is at most its parent's, so adding nodes one at a time, always the one
 with the largest product, keeps the tree prefix-closed and maximises E for each size.
 
-Tests (``tests/llm/test_medusa.py``): the greedy tree on a hand-made accuracy table, the
+Tests (``tests/llm/generation/test_medusa.py``): the greedy tree on a hand-made accuracy table, the
 ancestor mask against running each path separately, validation errors, path selection.
 
 Shapes: N tree nodes (root included), C cached tokens, K heads, k_max ranks.

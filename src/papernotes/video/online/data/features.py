@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from papernotes.core.checkpoint import atomic_write_dir
+from papernotes.core.files import atomic_write_dir
 from papernotes.errors import DataError
 
 TARGET_DIR = "target_perframe"

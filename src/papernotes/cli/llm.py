@@ -1,99 +1,18 @@
-"""The ``papernotes`` command line: maps command names to library functions.
-
-User mistakes (any :class:`papernotes.errors.PapernotesError`) print one red line
-and exit with code 2; ``--debug`` shows the traceback instead. Heavy imports happen
-inside the command functions so that ``--help`` stays fast.
-"""
+"""``papernotes llm ...``: pre-training, decoding, PEFT and post-training commands (logic in ``llm.commands``
+and ``llm.post_training_commands``)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from papernotes.errors import PapernotesError
-from papernotes.geometry.cli import add_calib_commands
-from papernotes.llm.cli import add_post_training_commands
-from papernotes.video.cli import add_oad_commands, add_video_commands
-
-EPILOG = """fields and their commands:
-  reproduce          run every experiment on embedded data; writes reports/<run>/index.html
-  llm train          pre-train a Llama on the embedded corpus (or --text-dir) with fp32/bf16/fp16
-  llm generate       decode: plain, speculative, lookup, medusa or mtp
-  llm train-medusa   train Medusa heads on a frozen model
-  llm train-mtp      train multi-token-prediction modules
-  llm export         turn a training run's checkpoint into a Hugging Face model directory
-  llm finetune       full, LoRA or Prefix-Tuning fine-tuning on the table-to-text task
-  llm sft            supervised fine-tuning on chat conversations (assistant tokens only, packed)
-  llm rejection-sample  K samples per prompt, best verified reply kept, preference pairs written
-  llm dpo            Direct Preference Optimization against a frozen reference
-  llm chat           interactive terminal chat, streamed, lossless speculative decoding when available
-  video make-synthetic  write the embedded, temporally sensitive video benchmark (mp4 + list files)
-  video flow         TSN-style optical-flow images (flow_x/flow_y JPEGs) for a video list
-  video train        train TSN, Two-Stream, TRN, TSM, TDN, TAM or a 3-D CNN on an mmaction list
-  video eval         top-1/top-5, mean class accuracy and a confusion matrix for a checkpoint
-  oad make-synthetic write embedded untrimmed feature streams in the THUMOS'14 layout
-  oad train          train an online action detector (OadTR, TRN, IDN, TCN, per-frame MLP)
-  oad eval           per-frame mAP and calibrated mAP of a detector on the test sessions
-  seg eval           PA, MPA, mIoU, FWIoU, Dice of predicted vs ground-truth PNG label maps
-  calib split        split four-way (mosaic) recorder frames into per-camera image folders
-  calib intrinsics   one camera's K and distortion from chessboard images
-  calib stereo       a synchronised pair's R, T, E, F and rectification
-  calib rig          every camera's pose relative to a reference camera
-
-run 'papernotes COMMAND --help' for a command's options and defaults."""
+from papernotes.cli.common import PRECISION_HELP, PRECISIONS, Formatter, echo
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="papernotes",
-        description="Paper notes made real: video understanding and efficient-LLM methods, "
-        "each tested against a reference library and measured.",
-        epilog=EPILOG,
-        formatter_class=_Formatter,
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
-    # the same two flags after a command name (`papernotes reproduce --debug`); SUPPRESS keeps the
-    # top-level value unless the flag is given there
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    common.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress"
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    rep = sub.add_parser(
-        "reproduce",
-        parents=[common],
-        help="run the experiments and write an HTML report",
-        description="Run every registered experiment (or --only some) on embedded data, write "
-        "<out>/<timestamp>/results.json and index.html, and print a summary table. Trained models are "
-        "cached under --cache-dir and reused by later runs and experiments.",
-        formatter_class=_Formatter,
-    )
-    rep.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments (see --list)")
-    rep.add_argument("--size", choices=["quick", "full"], default="quick", help="quick: minutes; full: hours")
-    rep.add_argument("--out", type=Path, default=Path("reports"), help="folder for report runs")
-    rep.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="trained-model cache [$PAPERNOTES_CACHE or ~/.cache/papernotes]",
-    )
-    rep.add_argument("--no-cache", action="store_true", help="retrain instead of reusing cached models")
-    rep.add_argument("--seed", type=int, default=0, help="base random seed")
-    rep.add_argument("--list", action="store_true", help="list the experiments and exit")
-    rep.set_defaults(func=_reproduce)
-
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     llm = sub.add_parser(
-        "llm", parents=[common], help="Efficient LLMs: the Llama-3 core", formatter_class=_Formatter
+        "llm", parents=[common], help="Efficient LLMs: Llama 3 and its methods", formatter_class=Formatter
     )
     llm_sub = llm.add_subparsers(dest="llm_command", metavar="COMMAND", required=True)
 
@@ -104,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a byte-level BPE tokenizer and a Llama on CPython's standard library "
         "(or --text-dir), with checkpoints, --resume and mixed precision. Writes <out>/checkpoint "
         "(resumable) and <out>/model (Hugging Face directory with tokenizer). Runs under torchrun for DDP.",
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     tr.add_argument("--out", type=Path, required=True, help="run folder")
     tr.add_argument(
@@ -112,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="pn-small",
         help="Llama config preset: tiny, pn-small, pn-base, llama3.2-1b, llama3-8b",
     )
-    tr.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="numeric mode")
+    tr.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     tr.add_argument("--steps", type=int, default=300, help="optimizer steps")
     tr.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step (global)")
     tr.add_argument("--grad-accum-steps", type=int, default=1, help="micro-steps per optimizer step")
@@ -144,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plain autoregressive decoding with a static KV cache from a Hugging Face Llama "
         "directory (config.json + safetensors + tokenizer.json). Prints the continuation; "
         "stats go to stderr.",
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     gen.add_argument(
         "--model",
@@ -156,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         choices=["plain", "speculative", "lookup", "medusa", "mtp"],
         default="plain",
-        help="decoding method; all but plain are lossless accelerations of it",
+        help="decoding method. Greedy, every method gives plain decoding's tokens exactly; when sampling, "
+        "speculative, lookup and mtp keep its distribution exactly, while medusa's typical acceptance "
+        "trades that exactness for speed",
     )
     gen.add_argument(
         "--draft", type=Path, default=None, help="draft model dir for speculative [<model>/../draft]"
@@ -193,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=f"Train {what} on the embedded corpus (or --text-dir), tokenised with the model's "
             "own tokenizer, through the one training loop. Writes safetensors + JSON config into --out, "
             "the layout that 'llm generate --method medusa|mtp' reads.",
-            formatter_class=_Formatter,
+            formatter_class=Formatter,
         )
         head.add_argument("--model", type=Path, default=None, help="base model dir [the reproduce target]")
         head.add_argument("--out", type=Path, required=True, help="folder for the trained weights")
@@ -202,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         head.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
         head.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
         head.add_argument(
-            "--precision", choices=["fp32", "bf16", "fp16"], default="bf16", help="numeric mode"
+            "--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP
         )
         head.add_argument("--text-dir", type=Path, default=None, help="train on this text instead")
         head.add_argument("--max-bytes", type=int, default=3_000_000, help="corpus text to read (0 = all)")
@@ -226,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read <run>/checkpoint from 'papernotes llm train' and write a directory that "
         "transformers.LlamaForCausalLM.from_pretrained and vLLM load: config.json, model.safetensors, "
         "tokenizer.json. Also converts an existing model directory to another dtype.",
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     ex.add_argument("--run", type=Path, required=True, help="'llm train' run folder, or a model directory")
     ex.add_argument("--out", type=Path, required=True, help="destination model directory")
@@ -243,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         "to sentences), then decode the test split greedily and report BLEU and slot error rate. Writes "
         "<out>/adapter (LoRA, peft layout), <out>/prefix (prefix tuning, peft layout) or <out>/model (full), "
         "plus <out>/result.json. Use the result with 'llm generate --adapter DIR' or peft.",
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     ft.add_argument("--method", choices=["full", "lora", "prefix"], default="lora", help="what trains")
     ft.add_argument(
@@ -273,95 +194,104 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument(
         "--lr", type=float, default=None, help="peak learning rate [full 3e-3, lora 2e-2, prefix 5e-3]"
     )
-    ft.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16", help="numeric mode")
+    ft.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     ft.add_argument("--eval-size", type=int, default=200, help="test examples decoded for the metrics")
     ft.add_argument("--seed", type=int, default=0, help="random seed (data and training)")
     ft.set_defaults(func=_llm_finetune)
-    add_post_training_commands(llm_sub, common, _Formatter)
-    add_video_commands(sub, common, _Formatter)
-    add_oad_commands(sub, common, _Formatter)
-    _add_seg_commands(sub, common)
-    add_calib_commands(sub, common, _Formatter)
-    return parser
+    def data_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", type=Path, default=None, help="HF Llama directory [the reproduce target]")
+        p.add_argument("--train-size", type=int, default=4000, help="embedded instruction examples to draw")
+        p.add_argument("--eval-size", type=int, default=140, help="embedded test examples to score")
+        p.add_argument("--seed", type=int, default=0, help="random seed (data, sampling and training)")
 
-
-def _add_seg_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    seg = sub.add_parser("seg", parents=[common], help="Segmentation metrics", formatter_class=_Formatter)
-    seg_sub = seg.add_subparsers(dest="seg_command", metavar="COMMAND", required=True)
-    ev = seg_sub.add_parser(
-        "eval",
+    st = llm_sub.add_parser(
+        "sft",
         parents=[common],
-        help="PA, MPA, mIoU, FWIoU and Dice of PNG label maps",
-        description="Pair predicted and ground-truth PNG label maps by file name, accumulate one confusion "
-        "matrix over all pixels (ground-truth pixels at --ignore-index are dropped from both maps), and "
-        "print "
-        "per-class IoU / accuracy / Dice with PA, MPA, mIoU and FWIoU. With --out: metrics.json, iou.png and "
-        "confusion.png.",
-        formatter_class=_Formatter,
+        help="supervised fine-tuning on chat conversations (assistant tokens only, packed)",
+        description="Fine-tune on the embedded instruction tasks (or --data JSONL of {'messages': [...]}) in "
+        "the Llama 3 chat format, the loss on assistant tokens only, rows packed. Adds the chat tokens if "
+        "the model lacks them. Writes <out>/model (HF directory with the chat template), <out>/adapter with "
+        "--lora, and <out>/result.json with the test accuracy.",
+        formatter_class=Formatter,
     )
-    ev.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps (.png)")
-    ev.add_argument("--gt", type=Path, required=True, help="folder of ground-truth label maps (.png)")
-    ev.add_argument("--num-classes", type=int, required=True, help="number of classes C (labels 0..C-1)")
-    ev.add_argument("--ignore-index", type=int, default=255, help="ground-truth label that is not scored")
-    ev.add_argument("--class-names", type=Path, default=None, help="text file, one class name per line")
-    ev.add_argument("--out", type=Path, default=None, help="folder for metrics.json and the figures")
-    ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    ev.set_defaults(func=_seg_eval)
-
-
-def _seg_eval(args: argparse.Namespace) -> int:
-    from papernotes.metrics.segmentation_eval import eval_command, table
-
-    print(table(eval_command(args)))
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    try:
-        return args.func(args) or 0
-    except PapernotesError as exc:
-        if args.debug:
-            raise
-        red, reset = ("\033[31m", "\033[0m") if sys.stderr.isatty() else ("", "")
-        print(f"{red}error: {exc}{reset}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-def _reproduce(args: argparse.Namespace) -> int:
-    from papernotes.core.experiments import run_experiments, select
-    from papernotes.core.report import summary
-    from papernotes.geometry.experiments import EXPERIMENTS as GEOMETRY_EXPERIMENTS
-    from papernotes.llm.experiments.pretrain import EXPERIMENTS as LLM_EXPERIMENTS
-    from papernotes.video.experiments.online_detection import EXPERIMENTS as ONLINE_EXPERIMENTS
-    from papernotes.video.experiments.recognition import EXPERIMENTS as VIDEO_EXPERIMENTS
-
-    experiments = [*LLM_EXPERIMENTS, *VIDEO_EXPERIMENTS, *ONLINE_EXPERIMENTS, *GEOMETRY_EXPERIMENTS]
-    if args.list:
-        for exp in experiments:
-            print(f"{exp.name:28s} {exp.field:6s} {exp.description}")
-        return 0
-    logging.getLogger("papernotes").setLevel(logging.INFO)
-    chosen = select(experiments, args.only)
-    run_dir, results = run_experiments(
-        chosen,
-        args.out,
-        size=args.size,
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
-        seed=args.seed,
+    data_args(st)
+    st.add_argument("--out", type=Path, required=True, help="output folder")
+    st.add_argument(
+        "--data", type=Path, default=None, help="JSONL conversations instead of the embedded tasks"
     )
-    print(summary(results))
-    print(f"\nreport: {run_dir / 'index.html'}")
-    return 1 if any(e["status"] != "ok" for e in results["experiments"].values()) else 0
+    st.add_argument("--lora", action="store_true", help="train a LoRA adapter (merged into <out>/model)")
+    st.add_argument("--r", type=int, default=16, help="LoRA rank")
+    st.add_argument("--steps", type=int, default=500, help="optimizer steps")
+    st.add_argument("--batch-size", type=int, default=8, help="packed rows per step")
+    st.add_argument("--max-length", type=int, default=256, help="tokens per packed row")
+    st.add_argument("--lr", type=float, default=None, help="peak learning rate [full 1e-3, lora 1e-2]")
+    st.set_defaults(func=_sft)
+
+    rs = llm_sub.add_parser(
+        "rejection-sample",
+        parents=[common],
+        help="K samples per prompt, keep the best verified one, write SFT data and preference pairs",
+        description="Sample --k replies per embedded training prompt, score them with the task verifiers, "
+        "keep the shortest correct reply (ties: most likely) and pair correct with incorrect replies (the "
+        "reference answer stands in where no sample is correct). Writes <out>/sft.jsonl and "
+        "<out>/pairs.jsonl.",
+        formatter_class=Formatter,
+    )
+    data_args(rs)
+    rs.add_argument("--out", type=Path, required=True, help="output folder")
+    rs.add_argument("--k", type=int, default=8, help="samples per prompt")
+    rs.add_argument("--prompts", type=int, default=200, help="training prompts to sample")
+    rs.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
+    rs.add_argument("--max-new-tokens", type=int, default=48, help="reply budget")
+    rs.set_defaults(func=_rejection_sample)
+
+    dp = llm_sub.add_parser(
+        "dpo",
+        parents=[common],
+        help="Direct Preference Optimization against a frozen reference (Llama 3's NLL-regularised DPO)",
+        description="Train --model on (chosen, rejected) pairs (--pairs JSONL, or sampled from --ref on the "
+        "embedded prompts) with -log σ(β·margin) + α·NLL(chosen), formatting tokens masked, the reference's "
+        "log-probabilities computed once. Writes <out>/model and <out>/result.json.",
+        formatter_class=Formatter,
+    )
+    data_args(dp)
+    dp.add_argument("--ref", type=Path, required=True, help="the frozen reference model directory")
+    dp.add_argument("--out", type=Path, required=True, help="output folder")
+    dp.add_argument("--pairs", type=Path, default=None, help="JSONL pairs (from 'llm rejection-sample')")
+    dp.add_argument("--k", type=int, default=4, help="samples per prompt when pairs are sampled")
+    dp.add_argument("--prompts", type=int, default=200, help="prompts to sample pairs from")
+    dp.add_argument("--beta", type=float, default=0.1, help="DPO temperature β")
+    dp.add_argument("--alpha", type=float, default=0.2, help="weight of the NLL term on chosen replies")
+    dp.add_argument("--steps", type=int, default=100, help="optimizer steps")
+    dp.add_argument("--batch-size", type=int, default=8, help="pairs per step")
+    dp.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
+    dp.set_defaults(func=_dpo)
+
+    ch = llm_sub.add_parser(
+        "chat",
+        parents=[common],
+        help="interactive chat in the terminal, replies streamed",
+        description="Chat with a model in the Llama 3 template; replies stream as they decode. Commands: "
+        "/reset (start over), /stats (turns, tokens, speed, method), /exit. A draft model, Medusa heads or "
+        "MTP modules beside the model (draft/, medusa/, mtp/) are used for faster decoding that is lossless: "
+        "the same replies greedy, the same distribution when sampling (auto skips Medusa when sampling, "
+        "since its typical acceptance is not lossless). An input longer than the context drops the oldest "
+        "turns first, and says so.",
+        formatter_class=Formatter,
+    )
+    ch.add_argument("--model", type=Path, default=None, help="HF Llama directory [the reproduce target]")
+    ch.add_argument("--system", default=None, help="system message")
+    ch.add_argument("--max-new-tokens", type=int, default=128, help="reply budget")
+    ch.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    ch.add_argument(
+        "--method",
+        choices=["auto", "plain", "speculative", "medusa", "mtp"],
+        default="auto",
+        help="decoding: auto uses a lossless accelerator found beside the model",
+    )
+    ch.add_argument("--num-draft-tokens", type=int, default=4, help="draft tokens per step (speculative)")
+    ch.add_argument("--seed", type=int, default=0, help="sampling seed")
+    ch.set_defaults(func=_chat)
 
 
 def _llm_train(args: argparse.Namespace) -> int:
@@ -370,11 +300,11 @@ def _llm_train(args: argparse.Namespace) -> int:
     info = train_command(args)
     if not info:  # a non-zero torchrun rank: rank 0 reports
         return 0
-    print(
+    echo(
         f"trained {info['steps']} steps: final train loss {info['train_loss']:.4f}, "
         f"val loss {info['val_loss']:.4f}, {info['tokens_per_s']:.0f} tokens/s"
     )
-    print(f"model: {info['model_dir']}")
+    echo(f"model: {info['model_dir']}")
     return 0
 
 
@@ -382,19 +312,19 @@ def _llm_generate(args: argparse.Namespace) -> int:
     from papernotes.llm.commands import generate_command
 
     text, stats = generate_command(args)
-    print(text)
-    print(
+    echo(text)
+    echo(
         f"[{args.method}: {stats.tokens} tokens in {stats.wall_s:.2f} s, {stats.tokens_per_s:.1f} tokens/s, "
         f"{stats.target_calls} target calls]",
-        file=sys.stderr,
+        err=True,
     )
     if args.stats:
         pairs = zip(stats.accepted_by_position, stats.proposed_by_position)
         by_position = " ".join(f"{a}/{p}" for a, p in pairs) or "-"
-        print(
+        echo(
             f"[τ = {stats.tokens_per_call:.2f} tokens per target call; α = {stats.acceptance_rate:.2f} "
             f"({stats.accepted}/{stats.drafted} drafts accepted); by position: {by_position}]",
-            file=sys.stderr,
+            err=True,
         )
     return 0
 
@@ -403,7 +333,7 @@ def _llm_train_medusa(args: argparse.Namespace) -> int:
     from papernotes.llm.commands import train_medusa_command
 
     info = train_medusa_command(args)
-    print(f"Medusa heads: {info['out']} (top-1 accuracy per head: {info['top1']})")
+    echo(f"Medusa heads: {info['out']} (top-1 accuracy per head: {info['top1']})")
     return 0
 
 
@@ -411,14 +341,14 @@ def _llm_train_mtp(args: argparse.Namespace) -> int:
     from papernotes.llm.commands import train_mtp_command
 
     info = train_mtp_command(args)
-    print(f"MTP modules: {info['out']} (greedy acceptance per depth: {info['acceptance']})")
+    echo(f"MTP modules: {info['out']} (greedy acceptance per depth: {info['acceptance']})")
     return 0
 
 
 def _llm_export(args: argparse.Namespace) -> int:
     from papernotes.llm.commands import export_command
 
-    print(f"exported: {export_command(args)}")
+    echo(f"exported: {export_command(args)}")
     return 0
 
 
@@ -426,13 +356,89 @@ def _llm_finetune(args: argparse.Namespace) -> int:
     from papernotes.llm.commands import finetune_command
 
     info = finetune_command(args)
-    print(
+    echo(
         f"{info['method']}: {info['trainable_parameters']:,} trainable parameters "
         f"({info['trainable_percent']:.3g} % of {info['base_parameters']:,}), "
         f"{info['step_s'] * 1000:.0f} ms/step; test BLEU {info['metrics']['bleu']:.1f}, "
         f"SER {100 * info['metrics']['ser']:.1f} %"
     )
     for row in info["samples"][:2]:
-        print(f"  {row['source']}\n    -> {row['output']}")
-    print(f"saved: {info['saved']}")
+        echo(f"  {row['source']}\n    -> {row['output']}")
+    echo(f"saved: {info['saved']}")
+    return 0
+
+
+def _sft(args: argparse.Namespace) -> int:
+    from papernotes.llm.post_training_commands import sft_command
+
+    info = sft_command(args)
+    scores = info["scores"]
+    echo(
+        f"{info['method']} SFT: final loss {info['train_losses'][-1]:.4f}; test accuracy "
+        f"{100 * scores['accuracy']:.1f} % (unseen phrasings {100 * scores['unseen_accuracy']:.1f} %)"
+    )
+    echo(f"model: {info['model']}")
+    return 0
+
+
+def _rejection_sample(args: argparse.Namespace) -> int:
+    from papernotes.llm.post_training_commands import rejection_sample_command
+
+    info = rejection_sample_command(args)
+    echo(
+        f"{info['prompts']} prompts x {args.k} samples: pass@k {info['pass_at_k']:.2f}, sample accuracy "
+        f"{info['sample_accuracy']:.2f}; kept {info['kept']}, {info['pairs']} pairs -> {info['out']}"
+    )
+    return 0
+
+
+def _dpo(args: argparse.Namespace) -> int:
+    from papernotes.llm.post_training_commands import dpo_command
+
+    info = dpo_command(args)
+    echo(
+        f"DPO on {info['pairs']} pairs: preference accuracy {100 * info['preference_accuracy_before']:.1f} % "
+        f"-> {100 * info['preference_accuracy_after']:.1f} %"
+    )
+    echo(f"model: {info['model']}")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from papernotes.llm.post_training_commands import chat_session
+
+    session = chat_session(args)
+    interactive = sys.stdin.isatty()
+    echo(f"chat ({session.method} decoding, context {session.context} tokens); /reset, /stats, /exit")
+    while True:
+        if interactive:
+            echo("> ", end="")
+        line = sys.stdin.readline()
+        if not line:  # end of input
+            break
+        text = line.rstrip("\n")
+        if not text.strip():
+            continue
+        if text.strip() == "/exit":
+            break
+        if text.strip() == "/reset":
+            session.reset()
+            echo("[conversation reset]")
+            continue
+        if text.strip() == "/stats":
+            s = session.stats
+            echo(
+                f"[{s.turns} turns, {s.tokens} tokens, {s.tokens_per_s:.1f} tokens/s, {s.target_calls} model "
+                f"calls, {session.method} decoding, {len(session.messages)} messages kept, "
+                f"{s.truncations} truncations]"
+            )
+            continue
+        pieces = session.reply(text)
+        first = next(pieces, "")
+        for notice in session.notices:
+            echo(f"[{notice}]")
+        echo(first, end="")
+        for piece in pieces:
+            echo(piece, end="")
+        echo()
     return 0

@@ -10,7 +10,6 @@ from papernotes.errors import ConfigError, DataError
 from papernotes.video.data import video_io
 from papernotes.video.data.datasets import VideoDataset, sample_indices
 from papernotes.video.data.video_io import (
-    atomic_output_dir,
     read_frames,
     read_video,
     write_frames,
@@ -68,20 +67,6 @@ def test_bad_write_arguments_leave_nothing_behind(tmp_path):
     with pytest.raises(ConfigError, match="not available"):
         write_video(tmp_path / "a.mp4", np.zeros((2, 16, 16, 3), np.uint8), codec="no-such-codec")
     assert list(tmp_path.iterdir()) == []
-
-
-def test_atomic_output_dir_keeps_the_old_folder_on_failure(tmp_path):
-    target = tmp_path / "out"
-    with atomic_output_dir(target) as tmp:
-        (tmp / "a.txt").write_text("first")
-    with pytest.raises(RuntimeError), atomic_output_dir(target) as tmp:
-        (tmp / "a.txt").write_text("second")
-        raise RuntimeError("interrupted")
-    assert (target / "a.txt").read_text() == "first"
-    with atomic_output_dir(target) as tmp:
-        (tmp / "b.txt").write_text("third")
-    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_frame_folders_round_trip_with_repeated_indices(tmp_path):

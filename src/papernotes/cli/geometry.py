@@ -1,4 +1,4 @@
-"""``papernotes calib``: the argparse side of the calibration commands (logic in ``geometry.commands``)."""
+"""``papernotes calib ...``: multi-camera calibration commands (logic in ``geometry.commands``)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from papernotes.cli.common import Formatter, echo
+
 PATTERN_HELP = "inner corners per row x per column (a 10x7-square board has 9x6)"
 
 
-def add_calib_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser, formatter) -> None:
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     calib = sub.add_parser(
-        "calib", parents=[common], help="Multi-camera chessboard calibration", formatter_class=formatter
+        "calib", parents=[common], help="Multi-camera chessboard calibration", formatter_class=Formatter
     )
     calib_sub = calib.add_subparsers(dest="calib_command", metavar="COMMAND", required=True)
 
@@ -23,7 +25,7 @@ def add_calib_commands(sub: argparse._SubParsersAction, common: argparse.Argumen
         description="Split every frame of a video file or a folder of images holding a ROWSxCOLS grid of "
         "cameras into <out>/cam0, cam1, ... (row by row), one PNG per frame named after it, so that the "
         "camera folders pair up by file name for 'calib rig'.",
-        formatter_class=formatter,
+        formatter_class=Formatter,
     )
     sp.add_argument("--source", type=Path, required=True, help="video file or folder of mosaic frames")
     sp.add_argument("--out", type=Path, required=True, help="folder for cam<k>/ sub-folders")
@@ -46,7 +48,7 @@ def add_calib_commands(sub: argparse._SubParsersAction, common: argparse.Argumen
         description="Detect the board in every image of the folder (views without one are listed and "
         "skipped), run cv2.calibrateCamera, and write camera_matrix, dist_coeffs, image_size and rms. The "
         "report holds each view's reprojection error and an undistorted preview.",
-        formatter_class=formatter,
+        formatter_class=Formatter,
     )
     it.add_argument("--images", type=Path, required=True, help="folder of one camera's board images")
     board_args(it)
@@ -61,7 +63,7 @@ def add_calib_commands(sub: argparse._SubParsersAction, common: argparse.Argumen
         description="Pair the two folders' images by file name, calibrate each camera (or load "
         "--left-calib/--right-calib), then cv2.stereoCalibrate with the intrinsics fixed and "
         "cv2.stereoRectify. The report holds a rectified preview with guide rows.",
-        formatter_class=formatter,
+        formatter_class=Formatter,
     )
     st.add_argument("--left", type=Path, required=True, help="folder of the left camera's images")
     st.add_argument("--right", type=Path, required=True, help="folder of the right camera's images")
@@ -78,7 +80,7 @@ def add_calib_commands(sub: argparse._SubParsersAction, common: argparse.Argumen
         "Each camera is calibrated from its own views (or --intrinsics files), then the poses come from "
         "cv2.calibrateMultiview (or pairwise stereo along a spanning tree on older OpenCV) refined by a "
         "joint bundle adjustment. The report lists per-camera errors and draws the poses.",
-        formatter_class=formatter,
+        formatter_class=Formatter,
     )
     rg.add_argument("--images", type=Path, nargs="+", required=True, help="one folder per camera")
     rg.add_argument(
@@ -93,7 +95,7 @@ def _split(args: argparse.Namespace) -> int:
     from papernotes.geometry.commands import split_command
 
     folders = split_command(args)
-    print(f"split into {len(folders)} cameras: {', '.join(str(f) for f in folders)}")
+    echo(f"split into {len(folders)} cameras: {', '.join(str(f) for f in folders)}")
     return 0
 
 
@@ -102,14 +104,14 @@ def _intrinsics(args: argparse.Namespace) -> int:
 
     calib = intrinsics_command(args)
     K = calib.K
-    print(f"{len(calib.view_errors)} views used, {len(calib.excluded)} excluded; RMS {calib.rms:.3f} px")
-    print(f"fx {K[0, 0]:.2f}  fy {K[1, 1]:.2f}  cx {K[0, 2]:.2f}  cy {K[1, 2]:.2f}")
-    print(f"dist (k1 k2 p1 p2 k3) {np.round(calib.dist, 5)}")
+    echo(f"{len(calib.view_errors)} views used, {len(calib.excluded)} excluded; RMS {calib.rms:.3f} px")
+    echo(f"fx {K[0, 0]:.2f}  fy {K[1, 1]:.2f}  cx {K[0, 2]:.2f}  cy {K[1, 2]:.2f}")
+    echo(f"dist (k1 k2 p1 p2 k3) {np.round(calib.dist, 5)}")
     for name, error in sorted(calib.view_errors.items(), key=lambda kv: -kv[1])[:5]:
-        print(f"  {name}: {error:.3f} px")
+        echo(f"  {name}: {error:.3f} px")
     for name, why in calib.excluded.items():
-        print(f"  excluded {name}: {why}")
-    print(f"wrote {args.out}")
+        echo(f"  excluded {name}: {why}")
+    echo(f"wrote {args.out}")
     return 0
 
 
@@ -118,9 +120,9 @@ def _stereo(args: argparse.Namespace) -> int:
 
     stereo = stereo_command(args)
     angle = float(np.rad2deg(np.arccos(np.clip((np.trace(stereo.R) - 1) / 2, -1, 1))))
-    print(f"{len(stereo.pairs)} pairs used, {len(stereo.excluded)} excluded; RMS {stereo.rms:.3f} px")
-    print(f"baseline {np.linalg.norm(stereo.T):.4f} (board units), rotation {angle:.3f} degrees")
-    print(f"wrote {args.out}")
+    echo(f"{len(stereo.pairs)} pairs used, {len(stereo.excluded)} excluded; RMS {stereo.rms:.3f} px")
+    echo(f"baseline {np.linalg.norm(stereo.T):.4f} (board units), rotation {angle:.3f} degrees")
+    echo(f"wrote {args.out}")
     return 0
 
 
@@ -128,8 +130,8 @@ def _rig(args: argparse.Namespace) -> int:
     from papernotes.geometry.commands import rig_command
 
     rig = rig_command(args)
-    print(f"{len(rig.cameras)} cameras, {len(rig.frames)} frames ({rig.method}); RMS {rig.rms:.3f} px")
+    echo(f"{len(rig.cameras)} cameras, {len(rig.frames)} frames ({rig.method}); RMS {rig.rms:.3f} px")
     for c, (T, error) in enumerate(zip(rig.T, rig.camera_errors)):
-        print(f"  camera {c}: T {np.round(np.asarray(T), 4)}  RMS {error:.3f} px")
-    print(f"wrote {args.out}")
+        echo(f"  camera {c}: T {np.round(np.asarray(T), 4)}  RMS {error:.3f} px")
+    echo(f"wrote {args.out}")
     return 0

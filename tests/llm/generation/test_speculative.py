@@ -1,7 +1,7 @@
 """Speculative decoding: greedy equality with plain decoding, the always/never-accept drafts, and
-exactness of the sampled distribution (chi-square against the target's known distribution)."""
+exactness of the sampled distribution (chi-square against the target's known distribution, with a
+power check: conftest.py's ``samples_follow``)."""
 
-import math
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -16,28 +16,6 @@ from papernotes.llm.generation.speculative import speculative_generate
 from papernotes.llm.model.config import PRESETS
 from papernotes.llm.model.llama import Llama
 from papernotes.nn.kv_cache import KVCache
-
-
-def chi_square_critical(df: int, z: float = 3.0902) -> float:
-    """Upper critical value of χ²(df) by Wilson–Hilferty (accurate to ~1% for df >= 3).
-
-    z = 3.0902 is the standard normal's 0.999 quantile, so a correct sampler fails a given
-    seed with probability 1e-3; the seeds are fixed, so the tests are deterministic.
-    """
-    c = 2.0 / (9.0 * df)
-    return df * (1.0 - c + z * math.sqrt(c)) ** 3
-
-
-def chi_square(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0) -> tuple[float, int]:
-    """Pearson's statistic and degrees of freedom; cells expected below ``min_expected`` are pooled."""
-    counts, probs = counts.flatten().double(), probs.flatten().double()
-    expected = probs * counts.sum()
-    small = expected < min_expected
-    obs = torch.cat([counts[~small], counts[small].sum().view(1)])
-    exp = torch.cat([expected[~small], expected[small].sum().view(1)])
-    keep = exp > 0
-    obs, exp = obs[keep], exp[keep]
-    return float(((obs - exp) ** 2 / exp).sum()), int(keep.sum()) - 1
 
 
 class MarkovLM(nn.Module):
@@ -73,13 +51,6 @@ def sequence_probs(table: torch.Tensor, last: int, length: int) -> torch.Tensor:
     return probs
 
 
-def empirical(sample_fn, runs: int, V: int, length: int) -> torch.Tensor:
-    counts = torch.zeros((V,) * length)
-    for seed in range(runs):
-        counts[tuple(sample_fn(seed))] += 1
-    return counts
-
-
 @pytest.fixture(scope="module")
 def pair():
     """A tiny target and a draft that agrees with it often but not always (perturbed weights)."""
@@ -111,25 +82,22 @@ def test_verify_draft_greedy_accepts_the_argmax_prefix_then_emits_the_target_arg
     assert verify_draft(p[:1], q[:0], drafts[:0]) == (0, 2)  # γ = 0: a plain step
 
 
-def test_verify_draft_first_emitted_token_is_distributed_as_target():
+def test_verify_draft_first_emitted_token_is_distributed_as_target(samples_follow):
     """Leviathan et al. 2023, Thm. 1: whatever q is, the first emitted token is ~ p_1."""
-    V, gamma, runs = 5, 2, 12_000
+    gamma, runs = 2, 12_000
     p = torch.tensor([[0.05, 0.40, 0.15, 0.30, 0.10], [0.2, 0.2, 0.2, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1, 0.6]])
     q = torch.tensor([[0.30, 0.10, 0.35, 0.05, 0.20], [0.5, 0.1, 0.1, 0.1, 0.2]])
     gen = torch.Generator().manual_seed(0)
     drafts = torch.stack(
         [torch.multinomial(q[i], runs, replacement=True, generator=gen) for i in range(gamma)], 1
     )
-    counts, naive = torch.zeros(V), torch.zeros(V)
-    for r in range(runs):
-        accepted, token = verify_draft(p, q, drafts[r], gen)
-        counts[int(drafts[r, 0]) if accepted else token] += 1
-        naive[int(drafts[r, 0])] += 1  # "accept every draft": distributed as q, not p
-    stat, df = chi_square(counts, p[0])
-    assert df == V - 1
-    assert stat < chi_square_critical(df)
-    # the test has power: the lossy rule fails it by far
-    assert chi_square(naive, p[0])[0] > 10 * chi_square_critical(df)
+
+    def first_emitted(run: int) -> int:
+        accepted, token = verify_draft(p, q, drafts[run], gen)
+        return int(drafts[run, 0]) if accepted else token
+
+    # power: q_1, what accepting every draft would emit, is rejected by the same test
+    samples_follow(first_emitted, runs, target=p[0], wrong=q[0])
 
 
 def test_verify_draft_residual_only_holds_tokens_the_draft_under_covers():
@@ -237,45 +205,53 @@ def test_zero_new_tokens_returns_empty(pair):
 # --- exactness of the sampled distribution, end to end ---------------------------------------------------
 
 
-def test_sampled_speculative_output_is_distributed_as_the_target():
+def test_sampled_speculative_output_is_distributed_as_the_target(samples_follow):
     """Whole 4-token outputs from Markov target/draft models against the exact target joint (81 cells)."""
     target_table = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6], [0.35, 0.45, 0.2]])
     draft_table = torch.tensor([[0.2, 0.6, 0.2], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])  # a poor draft
     target, draft = MarkovLM(target_table), MarkovLM(draft_table)
     ids = torch.tensor([[0, 1, 2]])
     config = GenerationConfig(max_new_tokens=4, temperature=1.0)
-    runs = 5000
 
     def run(seed):
         out, _ = speculative_generate(target, draft, ids, replace(config, seed=seed), num_draft_tokens=3)
-        return out[0].tolist()
+        return out[0]
 
-    counts = empirical(run, runs, 3, 4)
-    stat, df = chi_square(counts, sequence_probs(target_table, last=2, length=4))
-    assert stat < chi_square_critical(df)
-    # power: the draft's own distribution is far from the target's under the same test
-    assert chi_square(counts, sequence_probs(draft_table, last=2, length=4))[0] > 10 * chi_square_critical(df)
+    # power: the draft's own distribution is rejected by the same test
+    samples_follow(
+        run,
+        5000,
+        target=sequence_probs(target_table, last=2, length=4),
+        wrong=sequence_probs(draft_table, last=2, length=4),
+    )
 
 
-def test_sampled_speculative_respects_temperature_and_top_k():
+def top_k_at(table: torch.Tensor, temperature: float, k: int) -> torch.Tensor:
+    """Each row of ``table`` at ``temperature``, restricted to its top ``k`` and renormalised."""
+    logits = table.log() / temperature
+    kth = logits.topk(k, dim=-1).values[:, -1:]  # (V, 1)
+    return torch.softmax(logits.masked_fill(logits < kth, float("-inf")), -1)
+
+
+def test_sampled_speculative_respects_temperature_and_top_k(samples_follow):
     """The draft samples with the target's transformation; the output follows the transformed target."""
     target_table = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6], [0.35, 0.45, 0.2]])
     draft_table = torch.tensor([[0.2, 0.6, 0.2], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])
     target, draft = MarkovLM(target_table), MarkovLM(draft_table)
     config = GenerationConfig(max_new_tokens=3, temperature=0.7, top_k=2)
-    runs = 3000
 
     def run(seed):
         out, _ = speculative_generate(target, draft, torch.tensor([[1]]), replace(config, seed=seed), 2)
-        return out[0].tolist()
+        return out[0]
 
-    logits = target_table.log() / 0.7
-    kth = logits.topk(2, dim=-1).values[:, -1:]  # (V, 1)
-    transformed = torch.softmax(logits.masked_fill(logits < kth, float("-inf")), -1)  # top-2 at T = 0.7
-    counts = empirical(run, runs, 3, 3)
-    stat, df = chi_square(counts, sequence_probs(transformed, last=1, length=3))
-    assert stat < chi_square_critical(df)
-    assert (counts[sequence_probs(transformed, last=1, length=3) == 0] == 0).all()  # never outside top-k
+    # never outside the top 2 (the helper checks zero-probability cells); power: the same top 2 at
+    # temperature 1, i.e. a sampler that ignored the temperature, is rejected
+    samples_follow(
+        run,
+        3000,
+        target=sequence_probs(top_k_at(target_table, 0.7, 2), last=1, length=3),
+        wrong=sequence_probs(top_k_at(target_table, 1.0, 2), last=1, length=3),
+    )
 
 
 # --- errors -------------------------------------------------------------------------------------------------

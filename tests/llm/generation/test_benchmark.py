@@ -27,7 +27,6 @@ def test_validation_prompts_are_fixed_windows():
 
 
 def test_benchmark_reports_speedup_and_hf_greedy_matches_ours(model_dir):
-    pytest.importorskip("transformers")
     model, directory = model_dir
     hf = load_hf_model(directory)
     decoders = {

@@ -217,7 +217,9 @@ def test_identical_hypothesis_scores_100_and_disjoint_scores_0():
     assert bleu(["dogs bark loudly tonight"], [[text]]) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_bleu_equals_sacrebleu_with_multiple_and_ragged_references():
+def test_bleu_hands_sacrebleu_the_ragged_references_transposed_into_streams(monkeypatch):
+    """bleu takes each hypothesis's references; sacrebleu takes one stream per reference position, with
+    None where a hypothesis has fewer references than the widest."""
     hypotheses = ["the cat sat on a mat", "a dog ran", "it is a pub near the river"]
     references = [
         ["the cat sat on the mat", "a cat sat on the mat"],
@@ -229,10 +231,24 @@ def test_bleu_equals_sacrebleu_with_multiple_and_ragged_references():
         ["a cat sat on the mat", "the dog ran", None],
         [None, "one dog ran off", None],
     ]
-    assert bleu(hypotheses, references) == pytest.approx(sacrebleu.corpus_bleu(hypotheses, streams).score)
-    square = [refs[:1] for refs in references]
-    direct = sacrebleu.corpus_bleu(hypotheses, [[refs[0] for refs in references]]).score
-    assert bleu(hypotheses, square) == pytest.approx(direct)
+    calls = []
+    corpus_bleu = sacrebleu.corpus_bleu
+
+    def spy(hyps, refs, *args, **kwargs):
+        calls.append((hyps, refs, args, kwargs))
+        return corpus_bleu(hyps, refs, *args, **kwargs)
+
+    monkeypatch.setattr(sacrebleu, "corpus_bleu", spy)
+    score = bleu(hypotheses, references)
+    assert calls == [(hypotheses, streams, (), {})]  # sacrebleu's defaults, the references transposed
+    assert score == corpus_bleu(hypotheses, streams).score
+    # each hypothesis is scored against its own references: one of them equal to it, at any position,
+    # makes a perfect score; the same references given to the wrong hypotheses do not
+    own = [
+        [*refs, hyp] if i % 2 else [hyp, *refs] for i, (hyp, refs) in enumerate(zip(hypotheses, references))
+    ]
+    assert bleu(hypotheses, own) == pytest.approx(100.0)
+    assert bleu(hypotheses, own[1:] + own[:1]) < 50
 
 
 def test_bleu_rejects_mismatched_inputs():

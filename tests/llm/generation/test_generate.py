@@ -66,14 +66,17 @@ def test_decode_stats_derive_tau_and_alpha_from_counts():
     assert stats.as_dict()["acceptance_rate"] == 3 / 5
 
 
-def test_emit_tokens_cuts_exactly_at_eos_or_the_budget():
-    from papernotes.llm.generation.generate import DecodeStats, emit_tokens
+def test_emit_cuts_exactly_at_eos_or_the_budget():
+    from papernotes.llm.generation.generate import DecodeLoop
 
-    stats, new = DecodeStats(), [7]
-    assert not emit_tokens([1, 2], new, GenerationConfig(max_new_tokens=5, eos_token_id=9), stats)
-    assert emit_tokens([3, 9, 4], new, GenerationConfig(max_new_tokens=9, eos_token_id=9), stats)
-    assert new == [7, 1, 2, 3, 9] and stats.accepted_per_step == [2, 2]
-    assert emit_tokens([5, 6], new, GenerationConfig(max_new_tokens=6), stats) and new[-1] == 5
+    loop = DecodeLoop(GenerationConfig(max_new_tokens=9, eos_token_id=9))
+    assert not loop.emit([7, 1, 2])
+    assert loop.emit([3, 9, 4])  # eos: the 4 after it is dropped
+    assert loop.new == [7, 1, 2, 3, 9] and loop.stats.accepted_per_step == [3, 2]
+    budget = DecodeLoop(GenerationConfig(max_new_tokens=4))
+    assert not budget.emit([1, 2, 3]) and budget.emit([5, 6]) and budget.new == [1, 2, 3, 5]
+    ids, stats = budget.result(torch.tensor([[0]]))
+    assert ids.tolist() == [[1, 2, 3, 5]] and stats.tokens == 4 and stats.accepted_per_step == [3, 1]
 
 
 def test_decode_stats_add_sums_counts_and_positions():

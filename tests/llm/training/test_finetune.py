@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import sacrebleu
 import torch
 import torch.nn.functional as F
 
@@ -12,6 +13,7 @@ from papernotes.core.train import IGNORE_INDEX
 from papernotes.errors import ConfigError
 from papernotes.llm.data import supervised
 from papernotes.llm.data.tasks import table2text
+from papernotes.llm.generation.generate import GenerationConfig, generate
 from papernotes.llm.model.tokenizer import EOS, train_tokenizer
 from papernotes.llm.peft import lora, prefix_tuning
 from papernotes.llm.training import finetune
@@ -87,8 +89,21 @@ def test_each_method_trains_only_its_parameters_and_lowers_the_loss(tokenizer, m
         <= result.optimizer_state_bytes
         < 8 * result.trainable_parameters + 4096
     )
-    metrics, rows = finetune.evaluate(model, tokenizer, TASK["test"][:4], max_new_tokens=8)
-    assert 0 <= metrics["bleu"] <= 100 and metrics["ser"] >= 0 and len(rows) == 4
+    # evaluation scores the greedy outputs it returns: BLEU by sacrebleu over every reference, SER pooled
+    examples = TASK["test"][:4]
+    metrics, rows = finetune.evaluate(model, tokenizer, examples, max_new_tokens=8)
+    outputs = [row["output"] for row in rows]
+    assert [(row["source"], row["reference"]) for row in rows] == [(e.source, e.target) for e in examples]
+    for example, output in zip(examples, outputs):  # each row alone, unbatched: the same greedy text
+        prompt = torch.tensor([finetune.encode(tokenizer, example.source).ids])
+        config = GenerationConfig(max_new_tokens=8, eos_token_id=tokenizer.token_to_id(EOS))
+        ids = generate(model, prompt, config)[0][0].tolist()
+        assert output == tokenizer.decode([t for t in ids if t != tokenizer.token_to_id(EOS)]).strip()
+    streams = [list(refs) for refs in zip(*(e.references for e in examples))]  # equal counts here
+    assert metrics["bleu"] == pytest.approx(sacrebleu.corpus_bleu(outputs, streams).score)
+    errors = [table2text.slot_errors(e.record, o) for e, o in zip(examples, outputs)]
+    pooled = sum(x.missing + x.added + x.wrong for x in errors) / sum(x.total for x in errors)
+    assert metrics["ser"] == pytest.approx(pooled)
 
 
 def test_unknown_method_is_refused():
@@ -127,7 +142,7 @@ def test_generate_with_a_non_adapter_directory_fails_cleanly(model_dir, tmp_path
 
 def test_finetune_defaults_to_the_domain_adapted_base_when_reproduce_cached_one(tmp_path, monkeypatch):
     from papernotes.errors import CheckpointError
-    from papernotes.llm.commands import PEFT_BASE_DIR, TARGET_MODEL_DIR, resolve_model_dir
+    from papernotes.llm.experiments.target import PEFT_BASE_DIR, TARGET_MODEL_DIR, resolve_model_dir
 
     monkeypatch.setenv("PAPERNOTES_CACHE", str(tmp_path))
     with pytest.raises(CheckpointError, match="run 'papernotes reproduce' first"):

@@ -1,27 +1,29 @@
-"""The ``papernotes video ...`` and ``papernotes oad ...`` commands: their arguments and what they print.
+"""``papernotes video ...`` and ``papernotes oad ...``: recognition and online detection commands.
 
-Split from :mod:`papernotes.cli` (the top-level parser) to keep that file small. Like it, this module only
-maps arguments to the functions in ``video/commands.py`` and ``video/online/commands.py`` and prints their
-summaries.
+The logic is in ``video/commands.py`` and ``video/online/commands.py``; this module maps arguments to those
+functions and prints their summaries.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
 from pathlib import Path
 
+from papernotes.cli.common import PRECISION_HELP, PRECISIONS, Formatter, echo, echo_json
 
-def add_video_commands(
-    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, formatter: type[argparse.HelpFormatter]
-) -> None:
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    _register_video(sub, common)
+    _register_oad(sub, common)
+
+
+def _register_video(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """The ``papernotes video ...`` commands."""
     video = sub.add_parser(
         "video",
         parents=[common],
         help="Video understanding: data, flow, recognizers",
-        formatter_class=formatter,
+        formatter_class=Formatter,
     )
     video_sub = video.add_subparsers(dest="video_command", metavar="COMMAND", required=True)
 
@@ -34,7 +36,7 @@ def add_video_commands(
         "pairs that differ only in temporal order or direction (left/right, up/down, "
         "clockwise/anticlockwise, approach/recede, appear/disappear, 3-then-7/7-then-3) and four "
         "recognisable from one frame. Deterministic from --seed.",
-        formatter_class=formatter,
+        formatter_class=Formatter,
     )
     syn.add_argument("--out", type=Path, required=True, help="dataset folder to create")
     count = syn.add_mutually_exclusive_group()
@@ -60,7 +62,7 @@ def add_video_commands(
         "per line) and store it as TSN does: x and y as uint8 JPEGs, clipped to +-bound and mapped to 0-255 "
         "(flow_x_00001.jpg, flow_y_00001.jpg). Resumable: finished videos are skipped. Writes "
         "<out>/<list>_flow.txt, a rawframe list for the flow stream.",
-        formatter_class=formatter,
+        formatter_class=Formatter,
     )
     fl.add_argument("--list", type=Path, required=True, help="mmaction video list ('path label' per line)")
     fl.add_argument(
@@ -97,7 +99,7 @@ def add_video_commands(
         "Writes <out>/recognizer.json, model.safetensors and result.json atomically. Example: papernotes "
         "video train --model tsm --train-list data/train_rawframes.txt --val-list data/val_rawframes.txt "
         "--num-segments 8 --out runs/tsm",
-        formatter_class=formatter,
+        formatter_class=Formatter,
     )
     tr.add_argument("--model", choices=models, required=True, help="recognizer to build")
     tr.add_argument("--train-list", type=Path, required=True, help="mmaction rawframe or video list")
@@ -124,7 +126,7 @@ def add_video_commands(
     tr.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     tr.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW decoupled weight decay")
     tr.add_argument(
-        "--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="training precision"
+        "--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP
     )
     tr.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes")
     tr.add_argument(
@@ -142,7 +144,7 @@ def add_video_commands(
         "averages the logits of --num-clips evenly spaced clips per video. Writes <out>/metrics.json and "
         "<out>/confusion.png when --out is given. A video that fails to load is an error unless "
         "--on-error skip.",
-        formatter_class=formatter,
+        formatter_class=Formatter,
     )
     ev.add_argument("--checkpoint", type=Path, required=True, help="folder written by video train")
     ev.add_argument("--list", type=Path, required=True, help="mmaction rawframe or video list to score")
@@ -166,12 +168,10 @@ def add_video_commands(
     ev.set_defaults(func=_video_eval)
 
 
-def add_oad_commands(
-    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, formatter: type[argparse.HelpFormatter]
-) -> None:
+def _register_oad(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """The ``papernotes oad ...`` commands."""
     oad = sub.add_parser(
-        "oad", parents=[common], help="Online action detection on feature streams", formatter_class=formatter
+        "oad", parents=[common], help="Online action detection on feature streams", formatter_class=Formatter
     )
     oad_sub = oad.add_subparsers(dest="oad_command", metavar="COMMAND", required=True)
     syn = oad_sub.add_parser(
@@ -181,7 +181,7 @@ def add_oad_commands(
         description="Generate untrimmed feature sessions in the THUMOS'14/TVSeries layout (data_info.json, "
         "features/<session>.npy, target_perframe/<session>.npy). 20 actions in pairs that differ only in "
         "their direction of motion, background, and ambiguous frames at action boundaries.",
-        formatter_class=formatter,
+        formatter_class=Formatter,
     )
     syn.add_argument("--out", type=Path, required=True, help="feature root to create")
     syn.add_argument("--preset", choices=["default", "tiny"], default="default", help="stream settings")
@@ -197,7 +197,7 @@ def add_oad_commands(
         "data_info.json, <rgb_dir>/<session>.npy, optional <flow_dir>, target_perframe/<session>.npy) on "
         "random chunks of --chunk frames, through the shared training loop. Writes <out>/detector.json, "
         "model.safetensors and result.json atomically; --eval also scores the test sessions.",
-        formatter_class=formatter,
+        formatter_class=Formatter,
     )
     tr.add_argument("--model", choices=["oadtr", "trn", "idn", "tcn", "mlp"], required=True, help="detector")
     tr.add_argument("--data", type=Path, required=True, help="feature root with data_info.json")
@@ -222,7 +222,7 @@ def add_oad_commands(
         description="Score the test sessions of a feature root with a checkpoint from 'oad train': per-frame "
         "mAP (ambiguous frames dropped, background left out, classes without positives skipped), calibrated "
         "mAP, and per-class AP.",
-        formatter_class=formatter,
+        formatter_class=Formatter,
     )
     ev.add_argument("--checkpoint", type=Path, required=True, help="folder written by oad train")
     ev.add_argument("--data", type=Path, required=True, help="feature root with data_info.json")
@@ -247,7 +247,7 @@ def add_oad_commands(
                 "plots the class probabilities over time. The detector must have been trained on features "
                 "of the same extractor.",
             }[command],
-            formatter_class=formatter,
+            formatter_class=Formatter,
         )
         if command == "extract":
             parser.add_argument("--video", type=Path, nargs="+", required=True, help="video files")
@@ -269,12 +269,12 @@ def _oad_train(args: argparse.Namespace) -> int:
     from papernotes.video.online.commands import train_command
 
     info = train_command(args)
-    print(
+    echo(
         f"trained {info['model']} for {info['steps']} steps: final train loss {info['final_train_loss']:.4f}"
     )
     if "test" in info:
-        print(f"test mAP {100 * info['test']['mAP']:.2f} %, mcAP {100 * info['test']['mcAP']:.2f} %")
-    print(f"checkpoint: {info['out']}")
+        echo(f"test mAP {100 * info['test']['mAP']:.2f} %, mcAP {100 * info['test']['mcAP']:.2f} %")
+    echo(f"checkpoint: {info['out']}")
     return 0
 
 
@@ -282,19 +282,19 @@ def _video_train(args: argparse.Namespace) -> int:
     from papernotes.video.commands import train_command
 
     info = train_command(args)
-    print(
+    echo(
         f"trained {info['model']} for {info['steps']} steps: final train loss {info['final_train_loss']:.4f}"
     )
     if "val" in info:
-        print(
+        echo(
             f"val top-1 {100 * info['val']['top1']:.2f} %, mean class accuracy "
             f"{100 * info['val']['mean_class_accuracy']:.2f} %"
         )
     if info["num_skipped"]:
-        print(
+        echo(
             f"skipped {info['num_skipped']} entries that could not be loaded:", *info["skipped"], sep="\n  "
         )
-    print(f"checkpoint: {info['out']}")
+    echo(f"checkpoint: {info['out']}")
     return 0
 
 
@@ -302,27 +302,40 @@ def _video_eval(args: argparse.Namespace) -> int:
     from papernotes.video.commands import eval_command
 
     info = eval_command(args)
-    shown = {k: v for k, v in info.items() if k != "confusion"}
-    print(json.dumps(shown, indent=2, default=str))
-    return 0
+    return echo_json({k: v for k, v in info.items() if k != "confusion"})
 
 
-def _print_json(module: str, function: str):
-    """A handler that runs ``module.function(args)`` (imported when called: the CLI starts fast) and prints
-    its JSON summary."""
+def _video_make_synthetic(args: argparse.Namespace) -> int:
+    from papernotes.video.commands import make_synthetic_command
 
-    def handler(args: argparse.Namespace) -> int:
-        summary = getattr(importlib.import_module(module), function)(args)
-        print(json.dumps(summary, indent=2, default=str))
-        return 0
-
-    return handler
+    return echo_json(make_synthetic_command(args))
 
 
-_VIDEO, _OAD = "papernotes.video.commands", "papernotes.video.online.commands"
-_video_make_synthetic = _print_json(_VIDEO, "make_synthetic_command")
-_video_flow = _print_json(_VIDEO, "flow_command")
-_oad_make_synthetic = _print_json(_OAD, "make_synthetic_command")
-_oad_extract = _print_json(_OAD, "extract_command")
-_oad_stream = _print_json(_OAD, "stream_command")
-_oad_eval = _print_json(_OAD, "eval_command")
+def _video_flow(args: argparse.Namespace) -> int:
+    from papernotes.video.commands import flow_command
+
+    return echo_json(flow_command(args))
+
+
+def _oad_make_synthetic(args: argparse.Namespace) -> int:
+    from papernotes.video.online.commands import make_synthetic_command
+
+    return echo_json(make_synthetic_command(args))
+
+
+def _oad_extract(args: argparse.Namespace) -> int:
+    from papernotes.video.online.commands import extract_command
+
+    return echo_json(extract_command(args))
+
+
+def _oad_stream(args: argparse.Namespace) -> int:
+    from papernotes.video.online.commands import stream_command
+
+    return echo_json(stream_command(args))
+
+
+def _oad_eval(args: argparse.Namespace) -> int:
+    from papernotes.video.online.commands import eval_command
+
+    return echo_json(eval_command(args))

@@ -124,7 +124,7 @@ def test_streaming_benchmark_runs_at_tiny_size():
     import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "online_streaming.py"
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "online_streaming.py"
     spec = importlib.util.spec_from_file_location("online_streaming", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

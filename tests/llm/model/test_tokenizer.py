@@ -1,4 +1,5 @@
 import pytest
+import transformers
 
 from papernotes.errors import CheckpointError
 from papernotes.llm.data.corpus import iter_documents
@@ -27,7 +28,6 @@ def test_byte_level_bpe_round_trips_any_text(tokenizer):
 
 
 def test_transformers_loads_the_saved_tokenizer_with_identical_ids(tokenizer, tmp_path):
-    transformers = pytest.importorskip("transformers")
     save_tokenizer(tokenizer, tmp_path)
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert hf.encode(TEXT, add_special_tokens=False) == tokenizer.encode(TEXT).ids

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import trl
 
 from papernotes.errors import DataError
 from papernotes.llm.data.chat_format import add_chat_tokens
@@ -27,7 +28,6 @@ def tokenizer():
 
 def _trl_loss(per_token_logps, completion_mask, ref_chosen, ref_rejected, beta, alpha):
     """trl's DPOTrainer._compute_loss run on given per-token log-probs (its model call stubbed)."""
-    trl = pytest.importorskip("trl")
     rows, length = completion_mask.shape
     outputs = SimpleNamespace(
         log_probs=per_token_logps,

@@ -11,10 +11,12 @@ import transformers
 from papernotes.core.config import preset
 from papernotes.errors import CheckpointError, ConfigError, ShapeMismatchError
 from papernotes.llm.generation.generate import GenerationConfig, generate
+from papernotes.llm.model import llama
 from papernotes.llm.model.config import PRESETS
 from papernotes.llm.model.llama import Llama
 from papernotes.llm.peft import prefix_tuning
 from papernotes.llm.peft.prefix_tuning import PrefixTuningConfig
+from papernotes.nn.rope import apply_rotary
 
 INPUT_IDS = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1))
 
@@ -62,22 +64,63 @@ def test_collapsed_prefix_equals_the_mlp_prefix(tmp_path):
 
 
 @torch.no_grad()
-def test_text_positions_start_after_the_prefix_and_prefix_keys_are_not_rotated():
+def test_text_positions_start_after_the_prefix():
     """The prefix takes positions 0..L-1, so the text is rotated from L on (HF + peft's convention)."""
     model = build()
     L = 4
-    encoder = prefix_tuning.apply_prefix_tuning(
+    prefix_tuning.apply_prefix_tuning(
         model, PrefixTuningConfig(num_virtual_tokens=L, prefix_projection=False)
     )
     default = model(INPUT_IDS)
     T = INPUT_IDS.shape[1]
     torch.testing.assert_close(model(INPUT_IDS, position_ids=torch.arange(L, L + T)), default, atol=0, rtol=0)
     assert not torch.allclose(model(INPUT_IDS, position_ids=torch.arange(T)), default, atol=1e-4)
-    # an unrotated prefix key k is exactly the cached key of a token whose pre-RoPE key rotates back to
-    # k at position 0: position-0 RoPE is the identity, so a prefix is a cache of L "position-0" tokens
-    cos, sin = model.model.rotary_emb(torch.zeros(1, 1, dtype=torch.long), torch.float32)
-    assert torch.equal(cos, torch.ones_like(cos)) and torch.equal(sin, torch.zeros_like(sin))
-    assert encoder.num_virtual_tokens == L
+
+
+@torch.no_grad()
+def test_attention_reads_the_stored_prefix_keys_unrotated(monkeypatch):
+    """In every layer, at the prefill and at each cached decoding step (the query positions move on), the
+    keys attention reads at 0..L-1 are the stored prefix keys exactly, while the new text keys behind them
+    are W_k x rotated by their positions."""
+    model = build()
+    L = 5
+    encoder = prefix_tuning.apply_prefix_tuning(
+        model, PrefixTuningConfig(num_virtual_tokens=L, prefix_projection=False)
+    )
+    stored = encoder()  # per layer (k, v), each (1, Hkv, L, D)
+    inputs, attended = [], []  # per attention call: (layer, x, cos, sin) and the (k, v) given to attend()
+
+    def record_input(module, args):
+        inputs.append((module, *args[:3]))
+
+    real_attend = llama.attend
+
+    def spy_attend(q, k, v, **kwargs):
+        attended.append((k, v))
+        return real_attend(q, k, v, **kwargs)
+
+    monkeypatch.setattr(llama, "attend", spy_attend)
+    for layer in model.model.layers:
+        layer.self_attn.register_forward_pre_hook(record_input)
+    generate(model, INPUT_IDS[:1], GenerationConfig(max_new_tokens=4))  # prefill, then cached steps
+    layers = model.config.num_hidden_layers
+    assert len(attended) == len(inputs) == 4 * layers  # the prefill and three one-token steps
+    prompt = INPUT_IDS.shape[1]
+    for call, ((attn, x, cos, sin), (k, v)) in enumerate(zip(inputs, attended)):
+        prefix_k, prefix_v = stored[attn.layer_idx]
+        assert torch.equal(k[:, :, :L], prefix_k) and torch.equal(v[:, :, :L], prefix_v)
+        B, T, _ = x.shape
+        step = call // layers
+        start = L if step == 0 else L + prompt + step - 1  # the text's positions follow the prefix
+        assert (T, k.shape[2]) == ((prompt, L + prompt) if step == 0 else (1, start + 1))
+        expected_cos, _ = model.model.rotary_emb(torch.arange(start, start + T)[None], cos.dtype)
+        torch.testing.assert_close(cos, expected_cos, atol=0, rtol=0)
+        new_k = attn.k_proj(x).view(B, T, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
+        torch.testing.assert_close(k[:, :, -T:], apply_rotary(new_k, cos, sin), atol=1e-6, rtol=0)
+    # power: had the prefix been rotated as tokens at 0..L-1, the keys would differ (position 0 alone is
+    # the identity)
+    cos, sin = model.model.rotary_emb(torch.arange(L)[None], torch.float32)
+    assert not torch.allclose(apply_rotary(stored[0][0], cos, sin), stored[0][0], atol=1e-3)
 
 
 @torch.no_grad()
