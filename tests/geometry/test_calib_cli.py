@@ -10,7 +10,7 @@ from papernotes.geometry.calibration_io import load_calibration
 from papernotes.geometry.experiments import PATTERN, SQUARE, rig_truth
 from papernotes.geometry.rig import RigCalibration
 from papernotes.geometry.stereo import StereoCalibration
-from papernotes.geometry.synthetic_board import board_in_view, random_poses, render_rig
+from papernotes.geometry.synthetic_board import board_in_view, project_board, random_poses, render_rig
 
 
 @pytest.fixture(scope="module")
@@ -18,15 +18,21 @@ def mosaics(tmp_path_factory):
     """Six 2x2 mosaic frames of the reproduce rig whose board every camera sees whole, plus a blank one."""
     truth = rig_truth()
     poses = random_poses(14, PATTERN, SQUARE, distance=1.2, seed=4, max_tilt=0.6)
+    cameras = list(zip(truth["K"], truth["dist"], truth["R"], truth["T"]))
+
+    def whole(r, t):  # projected, not rendered: only the frames kept are rendered
+        Rb = cv2.Rodrigues(r)[0]
+        in_cameras = [(cv2.Rodrigues(R @ Rb)[0], R @ t + T, K, d) for K, d, R, T in cameras]
+        return all(board_in_view(project_board(K, d, rc, tc, PATTERN, SQUARE), (640, 480))
+                   for rc, tc, K, d in in_cameras)  # fmt: skip
+
+    poses = [p for p in poses if whole(*p)][:6]
     views = render_rig(truth["K"], truth["dist"], truth["R"], truth["T"], poses, PATTERN, SQUARE, (640, 480))
-    whole = [
-        f for f in range(len(poses)) if all(board_in_view(views[c][f].corners, (640, 480)) for c in range(4))
-    ]
     folder = tmp_path_factory.mktemp("mosaics")
-    for k, f in enumerate(whole[:6]):
+    for f in range(len(poses)):
         top = np.hstack([views[0][f].image, views[1][f].image])
         bottom = np.hstack([views[2][f].image, views[3][f].image])
-        cv2.imwrite(str(folder / f"f{k:02d}.png"), np.vstack([top, bottom]))
+        cv2.imwrite(str(folder / f"f{f:02d}.png"), np.vstack([top, bottom]))
     cv2.imwrite(str(folder / "f99.png"), np.full((960, 1280), 128, np.uint8))  # nobody holds the board
     return folder
 

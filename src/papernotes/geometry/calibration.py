@@ -4,10 +4,12 @@ Zhang 2000, "A Flexible New Technique for Camera Calibration", IEEE TPAMI 22(11)
 from plane homographies, then Levenberg-Marquardt on the reprojection error, as ``cv2.calibrateCamera``
 implements it with the Brown-Conrady distortion model (k1, k2, p1, p2, k3).
 
-* :func:`detect_chessboard`: ``findChessboardCornersSB`` (sub-pixel accurate by construction), or the
-  classic detector refined with ``cornerSubPix``.
-* :func:`calibrate_camera`: views without a board are excluded and listed, never fatal; optionally views
-  whose RMS reprojection error exceeds ``max_view_error`` px are rejected and the camera re-calibrated.
+* :func:`find_chessboard` / :func:`detect_chessboard`: ``findChessboardCornersSB`` (sub-pixel accurate by
+  construction), or the classic detector refined with ``cornerSubPix``; a grid shifted onto the board's
+  edge is refused (:mod:`~papernotes.geometry.board_check`), and the reason is kept.
+* :func:`calibrate_camera`: views without a usable board are excluded and listed with the reason, never
+  fatal; optionally views whose RMS reprojection error exceeds ``max_view_error`` px are rejected and the
+  camera re-calibrated.
 * :func:`calibrate_from_corners`: the same from corners found elsewhere (the rig detects once for both).
 
 Stereo pairs are in :mod:`~papernotes.geometry.stereo`, rigs in :mod:`~papernotes.geometry.rig`, files in
@@ -25,6 +27,7 @@ import cv2
 import numpy as np
 
 from papernotes.errors import ConfigError, DataError
+from papernotes.geometry.board_check import ring_problem
 from papernotes.geometry.synthetic_board import board_points
 
 logger = logging.getLogger(__name__)
@@ -41,7 +44,8 @@ class CameraCalibration:
     rvecs: list[np.ndarray] = field(default_factory=list)  # per used view, board -> camera
     tvecs: list[np.ndarray] = field(default_factory=list)
     view_errors: dict[str, float] = field(default_factory=dict)  # RMS per used view, pixels
-    excluded: dict[str, str] = field(default_factory=dict)  # view name -> why it was left out
+    excluded: dict[str, str] = field(default_factory=dict)  # view name -> why it was left out (in words)
+    corners: dict[str, np.ndarray] = field(default_factory=dict)  # per used view, (N, 2) detected corners
 
 
 def _grey(image: np.ndarray, name: str) -> np.ndarray:
@@ -50,10 +54,10 @@ def _grey(image: np.ndarray, name: str) -> np.ndarray:
     return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
 
 
-def detect_chessboard(
+def find_chessboard(
     image: np.ndarray, pattern: tuple[int, int], sector_based: bool = True
-) -> np.ndarray | None:
-    """Inner corners (cols·rows, 2) float32 in OpenCV's order, or None when no full board is found."""
+) -> tuple[np.ndarray | None, str]:
+    """(inner corners (cols·rows, 2) float32 in canonical order, "") or (None, why no board was taken)."""
     if len(pattern) != 2 or min(pattern) < 2:
         raise ConfigError(f"pattern must be (cols, rows) inner corners, each >= 2, got {pattern}")
     grey = _grey(image, "image")
@@ -65,53 +69,19 @@ def detect_chessboard(
             criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 50, 1e-3)
             corners = cv2.cornerSubPix(grey, corners, (5, 5), (-1, -1), criteria)
     if not found:
-        return None
+        return None, f"no {pattern[0]}x{pattern[1]} board found"
     corners = corners.reshape(-1, 2).astype(np.float32)
-    if not board_is_whole(grey, corners, pattern):
-        return None  # a grid shifted by one square onto the board's edge: a consistent but wrong pose
-    return canonical_order(corners, pattern)
+    problem = ring_problem(grey, corners, pattern)
+    if problem is not None:  # a grid shifted by one square onto the board's edge: consistent, but wrong
+        return None, problem
+    return canonical_order(corners, pattern), ""
 
 
-def board_is_whole(grey: np.ndarray, corners: np.ndarray, pattern: tuple[int, int]) -> bool:
-    """Whether the squares just outside the detected grid alternate in colour as a chessboard's outer
-    ring must.
-
-    When the board runs off the image, a detector can lock onto a grid shifted by one square, whose
-    outer "corners" are where the board's edge squares meet the white margin. That view is self-consistent
-    (calibrateCamera just moves the board), but in a rig it contradicts the other cameras. Its outer ring
-    on the far side is the plain margin, so it fails this test. Ring squares outside the image are not
-    judged.
-    """
-    cols, rows = pattern
-    grid = board_points(pattern, 1.0)[:, :2]  # (i, j) of each corner, in squares
-    H, _ = cv2.findHomography(grid, corners)
-    if H is None:
-        return False
-
-    def sample(points):  # (P, 2) board coordinates -> intensities (NaN outside the image)
-        pixels = cv2.perspectiveTransform(points.reshape(-1, 1, 2).astype(np.float32), H).reshape(-1, 2)
-        x, y = np.round(pixels).astype(int).T
-        inside = (x >= 0) & (x < grey.shape[1]) & (y >= 0) & (y < grey.shape[0])
-        values = np.full(len(points), np.nan)
-        values[inside] = smooth[y[inside], x[inside]]
-        return values
-
-    smooth = cv2.GaussianBlur(grey, (0, 0), 1.5).astype(np.float64)
-    inner = np.array([(i + 0.5, j + 0.5) for i in range(cols - 1) for j in range(rows - 1)])
-    sides = [[(i + 0.5, j) for i in range(-1, cols)] for j in (-0.5, rows - 0.5)]
-    sides += [[(i, j + 0.5) for j in range(-1, rows)] for i in (-0.5, cols - 0.5)]
-    parity = lambda pts: (np.floor(pts[:, 0]) + np.floor(pts[:, 1])) % 2  # noqa: E731
-    values, inner_parity = sample(inner), parity(inner)
-    dark, light = values[inner_parity == 0].mean(), values[inner_parity == 1].mean()
-    for side in map(np.array, sides):  # every side of the ring must look like a chessboard's
-        side_values = sample(side)
-        judged = ~np.isnan(side_values)
-        if judged.sum() < 2:
-            continue
-        looks_light = np.abs(side_values[judged] - light) < np.abs(side_values[judged] - dark)
-        if np.mean(looks_light == (parity(side)[judged] == 1)) < 0.8:
-            return False
-    return True
+def detect_chessboard(
+    image: np.ndarray, pattern: tuple[int, int], sector_based: bool = True
+) -> np.ndarray | None:
+    """Inner corners (cols·rows, 2) float32 in canonical order, or None (:func:`find_chessboard` says why)."""
+    return find_chessboard(image, pattern, sector_based)[0]
 
 
 def canonical_order(corners: np.ndarray, pattern: tuple[int, int]) -> np.ndarray:
@@ -163,11 +133,11 @@ def calibrate_camera(
                 f"{name}: image size {view_size} differs from the first view's {size}; "
                 "one camera's views must not differ in size"
             )
-        corners = detect_chessboard(image, pattern)
+        corners, why = find_chessboard(image, pattern)
         if progress is not None:
             progress(1)
         if corners is None:
-            excluded[name] = f"no {pattern[0]}x{pattern[1]} board found"
+            excluded[name] = why
         else:
             found[name] = corners
     return calibrate_from_corners(found, pattern, square, size, max_view_error, excluded, fix_k3)
@@ -188,7 +158,8 @@ def calibrate_from_corners(
     while True:
         if len(found) < MIN_VIEWS:
             raise DataError(
-                f"only {len(found)} usable views (need {MIN_VIEWS}); without a board: {sorted(excluded)[:10]}"
+                f"only {len(found)} usable views (need {MIN_VIEWS}); excluded: {sorted(excluded)[:10]}; "
+                f"why: {'; '.join(sorted(set(excluded.values()))[:3])}"
             )
         rms, K, dist, rvecs, tvecs = cv2.calibrateCamera(
             [object_points] * len(found),
@@ -210,5 +181,5 @@ def calibrate_from_corners(
     for name, why in excluded.items():
         logger.info("calibration: %s excluded (%s)", name, why)
     return CameraCalibration(
-        K, dist.reshape(-1), image_size, float(rms), list(rvecs), list(tvecs), errors, excluded
+        K, dist.reshape(-1), image_size, float(rms), list(rvecs), list(tvecs), errors, excluded, found
     )

@@ -23,7 +23,7 @@ from papernotes.geometry.calibration_io import load_calibration, save_calibratio
 from papernotes.geometry.mosaic import image_files, split_recording
 from papernotes.geometry.plots import draw_cameras
 from papernotes.geometry.rig import calibrate_rig
-from papernotes.geometry.stereo import calibrate_stereo, rectify_images
+from papernotes.geometry.stereo import calibrate_stereo, rectify_images, stereo_from_calibrations
 
 
 def parse_grid(text: str, option: str = "--pattern", example: str = "9x6", least: int = 2) -> tuple[int, int]:
@@ -71,15 +71,18 @@ def intrinsics_command(args: argparse.Namespace) -> CameraCalibration:
     first = next(n for n in names if n in calib.view_errors)
     undistorted = cv2.undistort(images[names.index(first)], calib.K, calib.dist)
     preview = np.hstack([images[names.index(first)], undistorted])
-    report = {
+    _write_report(args.report, _camera_report(calib), preview)
+    return calib
+
+
+def _camera_report(calib: CameraCalibration) -> dict[str, Any]:
+    return {
         "rms_px": calib.rms,
         "view_errors_px": calib.view_errors,
-        "excluded": calib.excluded,
+        "excluded": calib.excluded,  # view -> why (no board, a grid shifted onto the board's edge, ...)
         "camera_matrix": calib.K.tolist(),
         "dist_coeffs": calib.dist.tolist(),
     }
-    _write_report(args.report, report, preview)
-    return calib
 
 
 def _load_camera(path: Path) -> CameraCalibration:
@@ -106,7 +109,12 @@ def stereo_command(args: argparse.Namespace):
         )
     left_calib = _intrinsics_for(args.left_calib, left, left_names, pattern, args.square)
     right_calib = _intrinsics_for(args.right_calib, right, right_names, pattern, args.square)
-    stereo = calibrate_stereo(left_calib, right_calib, left, right, pattern, args.square, names=left_names)
+    if args.left_calib is None and args.right_calib is None:  # both just searched every image: pair them
+        stereo = stereo_from_calibrations(left_calib, right_calib, pattern, args.square)
+    else:
+        stereo = calibrate_stereo(
+            left_calib, right_calib, left, right, pattern, args.square, names=left_names
+        )
     save_calibration(stereo, args.out)
     a, b = rectify_images(
         stereo, left[left_names.index(stereo.pairs[0])], right[left_names.index(stereo.pairs[0])]
@@ -121,6 +129,8 @@ def stereo_command(args: argparse.Namespace):
         "R": stereo.R.tolist(),
         "T": stereo.T.tolist(),
         "baseline": float(np.linalg.norm(stereo.T)),
+        "left": _camera_report(stereo.left),
+        "right": _camera_report(stereo.right),
     }
     _write_report(args.report, report, preview)
     return stereo

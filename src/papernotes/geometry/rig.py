@@ -31,7 +31,7 @@ from papernotes.geometry.calibration import (
     MIN_VIEWS,
     CameraCalibration,
     calibrate_from_corners,
-    detect_chessboard,
+    find_chessboard,
 )
 from papernotes.geometry.synthetic_board import board_points
 
@@ -62,11 +62,20 @@ def relative_to(R: list[np.ndarray], T: list[np.ndarray], reference: int):
 
 
 def _rodrigues(rvec: torch.Tensor) -> torch.Tensor:
-    """(B, 3) axis-angle -> (B, 3, 3) rotations, differentiable (matrix exponential of the skew matrix)."""
+    """(B, 3) axis-angle -> (B, 3, 3) rotations, differentiable: Rodrigues' formula
+    R = I + (sin θ / θ) S + ((1 − cos θ) / θ²) S², S the skew matrix of r and θ = |r| (the matrix exponential
+    of S in closed form, several times cheaper than ``matrix_exp`` inside the bundle adjustment)."""
     zero = torch.zeros_like(rvec[:, 0])
     x, y, z = rvec.unbind(-1)
     skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).view(-1, 3, 3)
-    return torch.linalg.matrix_exp(skew)
+    theta2 = (rvec * rvec).sum(-1)[:, None, None]  # (B, 1, 1)
+    small = theta2 < 1e-12  # the reference camera's zero rotation: Taylor series, and no 0/0 in the gradient
+    safe = torch.where(small, torch.ones_like(theta2), theta2)
+    theta = safe.sqrt()
+    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / safe)
+    eye = torch.eye(3, dtype=rvec.dtype, device=rvec.device)
+    return eye + a * skew + b * (skew @ skew)
 
 
 def project(points: torch.Tensor, K: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
@@ -140,7 +149,12 @@ def refine_rig(
         loss.backward()
         return loss
 
-    optimiser.step(closure)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a few thousand numbers: thread hand-offs cost more than they save
+    try:
+        optimiser.step(closure)
+    finally:
+        torch.set_num_threads(threads)
     with torch.no_grad():
         res = residuals()
         Rc, Tc = _rodrigues(cam_r * keep).numpy(), (cam_t * keep).numpy()
@@ -295,11 +309,11 @@ def calibrate_rig(
             raise DataError(f"camera {c}: its images differ in size {sorted(sizes)}")
         usable = []
         for f, image in enumerate(images):
-            found = detect_chessboard(image, pattern) if image is not None else None
+            found, why = find_chessboard(image, pattern) if image is not None else (None, "missing image")
             if progress is not None:
                 progress(1)
             if found is None:
-                excluded[f"camera {c} / {names[f]}"] = "no board" if image is not None else "missing image"
+                excluded[f"camera {c} / {names[f]}"] = why
             else:
                 usable.append(f)
                 corners[c][f] = found

@@ -4,6 +4,11 @@
 is calibrated on its own first, which is better conditioned than a joint fit) gives R, T, E and F;
 ``cv2.stereoRectify`` (Bouguet's method) gives the rectifying rotations R1, R2, projections P1, P2 and the
 disparity-to-depth matrix Q.
+
+* :func:`calibrate_stereo`: from the two cameras' images (each searched for the board);
+* :func:`stereo_from_calibrations`: from the corners the two intrinsic calibrations already found, paired by
+  view name, so that no image is searched twice;
+* :func:`stereo_from_corners`: from corner pairs found elsewhere.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import cv2
 import numpy as np
 
 from papernotes.errors import DataError
-from papernotes.geometry.calibration import MIN_VIEWS, CameraCalibration, detect_chessboard
+from papernotes.geometry.calibration import MIN_VIEWS, CameraCalibration, find_chessboard
 from papernotes.geometry.synthetic_board import board_points
 
 
@@ -81,21 +86,60 @@ def calibrate_stereo(
     if left.image_size != right.image_size:
         raise DataError(f"left images are {left.image_size} but right images {right.image_size}")
     names = list(names) if names is not None else [f"pair{i}" for i in range(len(left_images))]
-    object_points = board_points(pattern, square)
-    used, excluded, pts1, pts2 = [], {}, [], []
+    pairs, excluded = {}, {}
     for name, a, b in zip(names, left_images, right_images):
-        c1, c2 = detect_chessboard(a, pattern), detect_chessboard(b, pattern)
+        (c1, why1), (c2, why2) = find_chessboard(a, pattern), find_chessboard(b, pattern)
         if c1 is None or c2 is None:
-            excluded[name] = "board not found in " + (
-                "both views" if c1 is None and c2 is None else "the left view" if c1 is None else "the right"
+            excluded[name] = "; ".join(
+                f"{side} view: {why}" for side, why in (("left", why1), ("right", why2)) if why
             )
+        else:
+            pairs[name] = (c1, c2)
+    return stereo_from_corners(left, right, pairs, pattern, square, excluded)
+
+
+def stereo_from_calibrations(
+    left: CameraCalibration, right: CameraCalibration, pattern: tuple[int, int], square: float
+) -> StereoCalibration:
+    """Extrinsics from the corners the two intrinsic calibrations already found, pairing views by name
+    (each image is searched once); a view either camera left out is excluded with its reason."""
+    if not left.corners or not right.corners:
+        raise DataError("these calibrations hold no corners (loaded from a file?): use calibrate_stereo")
+    names = sorted(set(left.corners) | set(left.excluded) | set(right.corners) | set(right.excluded))
+    pairs, excluded = {}, {}
+    for name in names:
+        if name in left.corners and name in right.corners:
+            pairs[name] = (left.corners[name], right.corners[name])
             continue
-        used.append(name)
-        pts1.append(c1)
-        pts2.append(c2)
+        why = [
+            f"{side} view: {camera.excluded.get(name, 'no such view')}"
+            for side, camera in (("left", left), ("right", right))
+            if name not in camera.corners
+        ]
+        excluded[name] = "; ".join(why)
+    return stereo_from_corners(left, right, pairs, pattern, square, excluded)
+
+
+def stereo_from_corners(
+    left: CameraCalibration,
+    right: CameraCalibration,
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]],
+    pattern: tuple[int, int],
+    square: float,
+    excluded: dict[str, str] | None = None,
+) -> StereoCalibration:
+    """Extrinsics from corners found in synchronised pairs (name -> (left (N, 2), right (N, 2)), in the same
+    board order), intrinsics fixed; ``excluded`` (pair name -> why) is carried into the result."""
+    if left.image_size != right.image_size:
+        raise DataError(f"left images are {left.image_size} but right images {right.image_size}")
+    excluded = dict(excluded or {})
+    used = list(pairs)
+    pts1, pts2 = [pairs[n][0] for n in used], [pairs[n][1] for n in used]
+    object_points = board_points(pattern, square)
     if len(used) < MIN_VIEWS:
         raise DataError(
-            f"only {len(used)} usable pairs (need {MIN_VIEWS}); excluded: {sorted(excluded)[:10]}"
+            f"only {len(used)} usable pairs (need {MIN_VIEWS}); excluded: {sorted(excluded)[:10]}; "
+            f"why: {'; '.join(sorted(set(excluded.values()))[:3])}"
         )
     rms, _, _, _, _, R, T, E, F = cv2.stereoCalibrate(
         [object_points] * len(used),

@@ -4,20 +4,26 @@ Not a paper method. Each output pixel is traced back to the board: its normalise
 (``cv2.undistortPoints`` inverts the Brown-Conrady distortion model of OpenCV) is intersected with the
 board plane z = 0 of the board frame, and the board's checker colour at that point is the pixel value
 (2x2 supersampled). The true corner positions come from ``cv2.projectPoints`` with the same model, so
-a calibration can be compared with the truth. Noise and blur make the views realistic.
+a calibration can be compared with the truth. Noise and blur make the views realistic; a
+:class:`~papernotes.geometry.photo_effects.PhotoStyle` adds what real photographs of printed boards show
+(a trimmed outer ring, a paper margin and the room beyond it, uneven lighting, vignetting, defocus, motion
+blur, JPEG), each with its own switch.
 
 Board geometry: ``pattern = (cols, rows)`` inner corners, ``square`` metres per square; corner (i, j) sits
-at (i·square, j·square, 0), and the board has one more square on each side plus a white margin.
+at (i·square, j·square, 0), and the board has one more square on each side (``style.ring`` of it printed)
+plus a white margin (``style.paper_margin``; by default the paper never ends).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from papernotes.errors import ConfigError
+from papernotes.geometry.photo_effects import PhotoStyle, apply_photo_effects
 
 
 @dataclass
@@ -47,6 +53,32 @@ def board_points(pattern: tuple[int, int], square: float) -> np.ndarray:
     return np.hstack([grid * square, np.zeros((len(grid), 1), np.float32)])
 
 
+SUPERSAMPLING = 2  # samples per pixel along each axis
+
+
+def camera_rays(
+    K: np.ndarray, dist: np.ndarray, image_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Undistorted ray directions (x, y, 1) through every supersample of the image: x and y, (H·s · W·s,)."""
+    K, dist = np.asarray(K, np.float64), np.asarray(dist, np.float64).reshape(-1)
+    return _camera_rays(K.tobytes(), dist.tobytes(), tuple(image_size))
+
+
+@functools.lru_cache(maxsize=4)  # a rig renders every frame through the same few cameras
+def _camera_rays(
+    K_bytes: bytes, dist_bytes: bytes, image_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    K, dist = np.frombuffer(K_bytes).reshape(3, 3), np.frombuffer(dist_bytes)
+    width, height = image_size
+    sub = SUPERSAMPLING
+    ys, xs = np.mgrid[0 : height * sub, 0 : width * sub].astype(np.float64)
+    pixels = np.stack([(xs + 0.5) / sub - 0.5, (ys + 0.5) / sub - 0.5], axis=-1).reshape(-1, 1, 2)
+    rays = cv2.undistortPoints(pixels, K, dist).reshape(-1, 2)  # normalised, distortion removed
+    x, y = np.ascontiguousarray(rays[:, 0]), np.ascontiguousarray(rays[:, 1])
+    x.flags.writeable = y.flags.writeable = False  # shared between calls
+    return x, y
+
+
 def render_view(
     K: np.ndarray,
     dist: np.ndarray,
@@ -58,31 +90,42 @@ def render_view(
     noise: float = 2.0,
     blur: float = 0.6,
     rng: np.random.Generator | None = None,
+    style: PhotoStyle | None = None,
 ) -> BoardView:
-    """One grey view (H, W) of the board at pose (rvec, tvec) through camera (K, dist)."""
+    """One grey view (H, W) of the board at pose (rvec, tvec) through camera (K, dist); ``noise`` (grey
+    levels) and ``blur`` (Gaussian sigma, pixels) always apply, ``style`` adds the photographic effects."""
     width, height = image_size
     rng = rng or np.random.default_rng(0)
-    sub = 2  # supersampling factor per axis
-    ys, xs = np.mgrid[0 : height * sub, 0 : width * sub].astype(np.float64)
-    pixels = np.stack([(xs + 0.5) / sub - 0.5, (ys + 0.5) / sub - 0.5], axis=-1).reshape(-1, 1, 2)
-    rays = cv2.undistortPoints(pixels, K, dist).reshape(-1, 2)  # normalised, distortion removed
+    style = style or PhotoStyle()
+    sub = SUPERSAMPLING
+    x, y = camera_rays(K, dist, image_size)  # (P,) each, P = H·sub · W·sub; the ray is (x, y, 1)
     R, _ = cv2.Rodrigues(np.asarray(rvec, np.float64))
     t = np.asarray(tvec, np.float64).reshape(3)
-    normal = R[:, 2]  # the board's z axis in the camera frame
-    directions = np.hstack([rays, np.ones((len(rays), 1))])  # (P, 3)
-    depth = (normal @ t) / (directions @ normal)  # ray parameter where it meets the board plane
-    points = (directions * depth[:, None] - t) @ R  # board-frame coordinates (R^T applied row-wise)
-    u, v = points[:, 0] / square, points[:, 1] / square
+    along = [x * R[0, k] + y * R[1, k] + R[2, k] for k in range(3)]  # the ray in the board's axes: R^T ray
+    depth = (R[:, 2] @ t) / along[2]  # ray parameter where it meets the board plane (normal R[:, 2])
+    origin = t @ R  # the board-frame point X = depth · ray − R^T t
+    u = (depth * along[0] - origin[0]) / square  # board coordinates, in squares
+    v = (depth * along[1] - origin[1]) / square
     cols, rows = pattern
-    on_board = (u >= -1) & (u < cols) & (v >= -1) & (v < rows) & (depth > 0)
-    dark = ((np.floor(u) + np.floor(v)) % 2 == 0) & on_board
-    image = np.where(dark, 30.0, 225.0).reshape(height * sub, width * sub)
+    ring = style.ring  # the print holds this much of the outer squares
+    printed = (u >= -ring) & (u < cols - 1 + ring) & (v >= -ring) & (v < rows - 1 + ring) & (depth > 0)
+    with np.errstate(invalid="ignore"):  # rays that miss the board (infinite u, v) are masked by `printed`
+        dark = ((np.floor(u) + np.floor(v)).astype(np.int64) & 1 == 0) & printed
+    image = np.where(dark, 30.0, 225.0)
+    if style.paper_margin is not None:  # beyond the paper: the room
+        edge = ring + style.paper_margin
+        paper = (u >= -edge) & (u < cols - 1 + edge) & (v >= -edge) & (v < rows - 1 + edge) & (depth > 0)
+        image = np.where(paper, image, style.background)
     image = image.reshape(height, sub, width, sub).mean(axis=(1, 3))  # (H, W) box-filtered
-    if blur > 0:
-        image = cv2.GaussianBlur(image, (0, 0), blur)
-    image = np.clip(image + rng.normal(0, noise, image.shape), 0, 255).astype(np.uint8)
+    image = apply_photo_effects(image, style, noise, blur, rng)
+    corners = project_board(K, dist, rvec, tvec, pattern, square)
+    return BoardView(image, corners, np.asarray(rvec, float), np.asarray(tvec, float))
+
+
+def project_board(K, dist, rvec, tvec, pattern: tuple[int, int], square: float) -> np.ndarray:
+    """The true pixel positions (cols·rows, 2) of the inner corners, without rendering (to choose poses)."""
     corners, _ = cv2.projectPoints(board_points(pattern, square), rvec, tvec, K, dist)
-    return BoardView(image, corners.reshape(-1, 2), np.asarray(rvec, float), np.asarray(tvec, float))
+    return corners.reshape(-1, 2)
 
 
 def random_poses(
@@ -141,6 +184,7 @@ def render_rig(
     noise: float = 2.0,
     blur: float = 0.6,
     seed: int = 0,
+    style: PhotoStyle | None = None,
 ) -> list[list[BoardView]]:
     """Synchronised views [camera][frame] of boards posed in the world frame (X_world = R_b X_board + t_b)
     by cameras with X_cam = R_c X_world + T_c."""
@@ -152,6 +196,8 @@ def render_rig(
             Rb = cv2.Rodrigues(np.asarray(rvec, np.float64))[0]
             r_cam = cv2.Rodrigues(Rc @ Rb)[0].reshape(3)  # board -> camera: R_c R_b, R_c t_b + T_c
             t_cam = Rc @ np.asarray(tvec, float).reshape(3) + np.asarray(Tc, float).reshape(3)
-            row.append(render_view(K, dist, r_cam, t_cam, pattern, square, image_size, noise, blur, rng))
+            row.append(
+                render_view(K, dist, r_cam, t_cam, pattern, square, image_size, noise, blur, rng, style)
+            )
         views.append(row)
     return views

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from tokenizers import Tokenizer
 
-from papernotes.llm.data.chat_format import EOT, Message, encode_chat
+from papernotes.llm.data.chat_format import LLAMA3, ChatFormat, Message, encode_chat
 from papernotes.llm.generation.generate import DecodeStats, GenerationConfig, stream
 from papernotes.llm.model.llama import Llama
 
@@ -43,7 +43,7 @@ class ChatStats:
 class ChatSession:
     model: Llama
     tokenizer: Tokenizer
-    config: GenerationConfig  # max_new_tokens, temperature, ...; eos is set to <|eot_id|>
+    config: GenerationConfig  # max_new_tokens, temperature, ...; eos is set to the template's end of turn
     system: str | None = None
     decoder: Decoder | None = None  # a lossless accelerated decoder; None = plain streaming
     method: str = "plain"
@@ -51,10 +51,14 @@ class ChatSession:
     messages: list[Message] = field(default_factory=list)
     stats: ChatStats = field(default_factory=ChatStats)
     notices: list[str] = field(default_factory=list)  # what the last reply had to cut, for the user
+    chat: ChatFormat = LLAMA3  # the model's chat template (its tokenizer_config.json's, or Llama 3's)
 
     def __post_init__(self) -> None:
-        self.config.eos_token_id = self.tokenizer.token_to_id(EOT)
+        self.config.eos_token_id = self.chat.end_of_turn_id(self.tokenizer)
         self.reset()
+
+    def _encode(self) -> list[int]:
+        return encode_chat(self.tokenizer, self.messages, add_generation_prompt=True, chat=self.chat).ids
 
     def reset(self) -> None:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
@@ -67,21 +71,19 @@ class ChatSession:
         """Prompt ids that leave room for the reply, and the reply budget; cuts old turns as needed."""
         self.notices = []
         budget = min(self.config.max_new_tokens, self.context // 2)
-        ids = encode_chat(self.tokenizer, self.messages, add_generation_prompt=True).ids
+        ids = self._encode()
         first = 1 if self.messages and self.messages[0]["role"] == "system" else 0
         while len(ids) + budget > self.context and len(self.messages) - first > 1:
             del self.messages[first : first + 2]  # the oldest user turn and its answer
             self.notices.append("dropped the oldest turn to fit the context")
-            ids = encode_chat(self.tokenizer, self.messages, add_generation_prompt=True).ids
+            ids = self._encode()
         if len(ids) + budget > self.context:  # one message alone is too long: keep its end
             last = self.messages[-1]
             content = self.tokenizer.encode(last["content"]).ids
             excess = len(ids) + budget - self.context
             last["content"] = self.tokenizer.decode(content[excess:])
             self.notices.append(f"cut the first {excess} tokens of the message to fit the context")
-            ids = encode_chat(self.tokenizer, self.messages, add_generation_prompt=True).ids[
-                -(self.context - budget) :
-            ]
+            ids = self._encode()[-(self.context - budget) :]
         if self.notices:
             self.stats.truncations += 1
         return ids, budget
@@ -114,8 +116,10 @@ class ChatSession:
         config = GenerationConfig(**{**self.config.__dict__, "max_new_tokens": budget})
         if self.decoder is None:
             stats = DecodeStats()
-            yield from stream(self.model, torch.tensor([ids]), config, stats)
-            self.stats.target_calls += stats.target_calls
+            try:
+                yield from stream(self.model, torch.tensor([ids]), config, stats)
+            finally:  # the reply stops reading at the end of turn, before the stream is exhausted
+                self.stats.target_calls += stats.target_calls
             return
         produced = 0
         while produced < budget:

@@ -20,8 +20,13 @@ from papernotes.core.config import apply_overrides, preset
 from papernotes.core.files import atomic_write_file
 from papernotes.core.train import TrainConfig, process_rank, short_run, train
 from papernotes.errors import CheckpointError
+from papernotes.llm.data.chat_format import encode_chat, load_chat_format
 from papernotes.llm.data.corpus import LMBatches
-from papernotes.llm.experiments.target import PEFT_BASE_DIR, resolve_model_dir
+from papernotes.llm.experiments.target import (
+    accelerator_root,
+    default_model_path,
+    resolve_model_dir,
+)
 from papernotes.llm.generation import medusa, mtp
 from papernotes.llm.generation.benchmark import validation_prompts
 from papernotes.llm.generation.decoders import NOT_LOSSLESS, build_decoder, is_lossless
@@ -29,8 +34,9 @@ from papernotes.llm.generation.generate import DecodeStats, GenerationConfig
 from papernotes.llm.generation.medusa import train as medusa_train
 from papernotes.llm.model import hf_io
 from papernotes.llm.model.config import PRESETS, LlamaConfig
+from papernotes.llm.model.gguf import export_gguf
 from papernotes.llm.model.llama import Llama
-from papernotes.llm.model.tokenizer import EOS, load_tokenizer
+from papernotes.llm.model.tokenizer import load_tokenizer
 from papernotes.llm.training.pretrain import (
     CorpusData,
     encode_corpus,
@@ -92,27 +98,39 @@ def train_command(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def generate_command(args: argparse.Namespace) -> tuple[str, DecodeStats]:
-    """``papernotes llm generate``: continue ``--prompt`` with plain decoding."""
-    model_dir = resolve_model_dir(args.model)
+    """``papernotes llm generate``: continue ``--prompt`` (or answer it, with ``--chat``).
+
+    Without ``--model`` the base is used (SmolLM2-135M-Instruct from its GGUF file).
+    """
+    model_dir = Path(args.model) if args.model is not None else default_model_path()
     tokenizer = load_tokenizer(model_dir)
     model = Llama.from_pretrained(model_dir, attention=args.attention).eval()
     if args.adapter is not None:
         load_adapter_dir(model, args.adapter)
-    input_ids = torch.tensor([tokenizer.encode(args.prompt).ids])  # (1, T)
+    eos = model.config.eos_token_id
+    if args.chat:  # the prompt as a user message in the model's own template; stop at its end of turn
+        chat = load_chat_format(model_dir)
+        messages = [{"role": "user", "content": args.prompt}]
+        ids = encode_chat(tokenizer, messages, add_generation_prompt=True, chat=chat).ids
+        eos = chat.end_of_turn_id(tokenizer)
+    else:
+        ids = tokenizer.encode(args.prompt).ids
+    input_ids = torch.tensor([ids])  # (1, T)
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
-        eos_token_id=tokenizer.token_to_id(EOS),
+        eos_token_id=eos,
     )
     paths = {"draft": args.draft, "medusa": args.medusa, "mtp": args.mtp}
-    decoder = build_decoder(args.method, model, model_dir, paths, args.num_draft_tokens)
+    decoder = build_decoder(args.method, model, accelerator_root(model_dir), paths, args.num_draft_tokens)
     if not is_lossless(args.method, args.temperature):
         logger.warning(NOT_LOSSLESS)
-    ids, stats = decoder(input_ids, config)
-    return args.prompt + tokenizer.decode(ids[0].tolist()), stats
+    new, stats = decoder(input_ids, config)
+    text = tokenizer.decode([t for t in new[0].tolist() if t != eos])
+    return (text if args.chat else args.prompt + text), stats
 
 
 def _head_training(args: argparse.Namespace) -> tuple[Llama, CorpusData, TrainConfig]:
@@ -152,9 +170,7 @@ def train_mtp_command(args: argparse.Namespace) -> dict[str, Any]:
     accepted = [0] * args.depth
     proposed = [0] * args.depth
     for prompt in prompts:
-        _, stats = mtp.mtp_generate(
-            model.eval(), modules, prompt, GenerationConfig(max_new_tokens=32)
-        )
+        _, stats = mtp.mtp_generate(model.eval(), modules, prompt, GenerationConfig(max_new_tokens=32))
         for i, (a, p) in enumerate(zip(stats.accepted_by_position, stats.proposed_by_position)):
             accepted[i] += a
             proposed[i] += p
@@ -165,9 +181,11 @@ def train_mtp_command(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def export_command(args: argparse.Namespace) -> Path:
-    """``papernotes llm export``: a training run (or a model dir) -> an HF model directory."""
-    run = Path(args.run)
+    """``papernotes llm export``: a training run, a model dir or a GGUF file -> an HF model directory."""
     dtype = DTYPES[args.dtype]
+    if getattr(args, "gguf", None) is not None:
+        return export_gguf(args.gguf, args.out, dtype)
+    run = Path(args.run)
     if (run / "config.json").is_file():  # already a model directory: convert the dtype
         model = Llama.from_pretrained(run)
         tokenizer_dir = run
@@ -198,14 +216,24 @@ def load_training_weights(model: Llama, checkpoint_dir: Path) -> None:
 
 
 def finetune_command(args: argparse.Namespace) -> dict[str, Any]:
-    """``papernotes llm finetune``: full / LoRA / prefix fine-tuning on a task, then test metrics."""
+    """``papernotes llm finetune``: full / LoRA / prefix fine-tuning on a task, then test metrics.
+
+    Without ``--model`` the base is used (SmolLM2-135M-Instruct from its GGUF file). A model with a chat
+    template gets the task in it (the instruction as system message, the record as user turn); one without
+    (our own pre-trained models) gets the plain ``source =>`` format.
+    """
+    from papernotes.llm.data.chat_format import LLAMA3
     from papernotes.llm.data.tasks import table2text
+    from papernotes.llm.model.gguf import cached_directory
     from papernotes.llm.peft import lora, prefix_tuning
     from papernotes.llm.training import finetune
 
-    model_dir = resolve_model_dir(args.model, prefer=PEFT_BASE_DIR)
+    model_dir = Path(args.model) if args.model is not None else default_model_path()
+    hf_dir = cached_directory(model_dir) if model_dir.is_file() else model_dir  # a GGUF file: its HF export
     tokenizer = load_tokenizer(model_dir)
     model = Llama.from_pretrained(model_dir, dtype=torch.float32)
+    chat = load_chat_format(model_dir)
+    chat = None if chat is LLAMA3 else chat  # no template of its own: the plain format
     targets = args.target_modules
     config = finetune.FinetuneConfig(
         method=args.method,
@@ -229,9 +257,9 @@ def finetune_command(args: argparse.Namespace) -> dict[str, Any]:
     task = table2text.make_table2text(
         replace(table2text.Table2TextConfig(), test_size=args.eval_size, seed=args.seed)
     )
-    result = finetune.finetune(model, tokenizer, task["train"], config)
+    result = finetune.finetune(model, tokenizer, task["train"], config, chat=chat)
     result.metrics, rows = finetune.evaluate(
-        model, tokenizer, task["test"], config.max_new_tokens, config.eval_batch_size
+        model, tokenizer, task["test"], config.max_new_tokens, config.eval_batch_size, chat=chat
     )
     result.samples = rows[:5]
     out = Path(args.out)
@@ -240,9 +268,17 @@ def finetune_command(args: argparse.Namespace) -> dict[str, Any]:
         tokenizer,
         config,
         out / {"full": "model", "lora": "adapter", "prefix": "prefix"}[args.method],
-        base=str(model_dir),
+        base=str(hf_dir),
+        template_from=hf_dir if chat is not None else None,
     )
-    info = {**result.as_dict(), "saved": str(saved), "base": str(model_dir)}
+    info = {
+        **result.as_dict(),
+        "saved": str(saved),
+        "base": str(model_dir),
+        "format": "chat" if chat else "plain",
+    }
+    if chat is not None:
+        info["instruction"] = finetune.INSTRUCTION
     with atomic_write_file(out / "result.json") as tmp:
         tmp.write_text(json.dumps(info, indent=2))
     return info

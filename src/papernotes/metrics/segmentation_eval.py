@@ -64,7 +64,7 @@ def eval_command(args: argparse.Namespace) -> dict[str, Any]:
                 f"{pred_path.name}: prediction {pred.shape} and ground truth {gt.shape} differ in size"
             )
         try:
-            metrics.update(pred.astype(np.int64), gt.astype(np.int64))
+            metrics.update(pred, gt)  # in the PNG's own dtype (uint8 for 'L' and 'P'): no widening copy
         except DataError as exc:
             raise DataError(f"{gt_path.name}: {exc}") from exc
     result = metrics.compute()

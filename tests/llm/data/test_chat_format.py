@@ -1,12 +1,17 @@
-"""The Llama 3 chat format: ids equal transformers' apply_chat_template, the assistant mask, bad input."""
+"""Chat formats: ids equal transformers' apply_chat_template (Llama 3's and a model's own ChatML), the
+assistant masks for any template, bad input."""
+
+import json
 
 import pytest
 
 from papernotes.errors import DataError
 from papernotes.llm.data.chat_format import (
     CHAT_TOKENS,
+    ChatFormat,
     add_chat_tokens,
     encode_chat,
+    load_chat_format,
     render_chat,
     write_chat_template,
 )
@@ -92,3 +97,71 @@ def test_malformed_conversations_are_clear_errors(tokenizer, messages, match):
 def test_a_tokenizer_without_chat_tokens_is_refused():
     with pytest.raises(DataError, match="add_chat_tokens"):
         encode_chat(train_tokenizer(TEXTS, vocab_size=280), CONVERSATION[:2])
+
+
+# ChatML as SmolLM2 stores it (tokenizer.chat_template of its GGUF file): a default system line when the
+# first message is not a system message, contents not trimmed.
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face'"
+    " + '<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chatml(tmp_path_factory):
+    """A byte-level tokenizer with ChatML's special tokens, and its directory as transformers saves it."""
+    from transformers import AutoTokenizer
+
+    tok = train_tokenizer(TEXTS * 20, vocab_size=300)
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    directory = tmp_path_factory.mktemp("chatml")
+    save_tokenizer(tok, directory)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    config.update(chat_template=CHATML, eos_token="<|im_end|>", bos_token="<|im_start|>")
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return tok, load_chat_format(directory), AutoTokenizer.from_pretrained(directory)
+
+
+@pytest.mark.parametrize("turns", [2, 3, 4, 5])
+def test_a_models_own_template_renders_and_encodes_as_transformers_does(chatml, turns):
+    tok, chat, hf = chatml
+    messages = (
+        CONVERSATION[1:turns] if turns % 2 else CONVERSATION[:turns]
+    )  # with and without a system message
+    for prompt in (False, True):
+        rendered = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+        assert chat.render(messages, add_generation_prompt=prompt) == rendered
+    assert encode_chat(tok, messages, chat=chat).ids == _hf_ids(hf, messages)
+    asking = messages if messages[-1]["role"] == "user" else messages[:-1]
+    # ChatML's generation prompt ends with "\n", a piece of its own: the prefix equals HF's ids exactly
+    ours = encode_chat(tok, asking, add_generation_prompt=True, chat=chat).ids
+    assert ours == _hf_ids(hf, asking, add_generation_prompt=True)
+
+
+def test_the_assistant_mask_of_any_template_covers_content_and_end_of_turn(chatml):
+    tok, chat, _ = chatml
+    encoded = encode_chat(tok, CONVERSATION, chat=chat)
+    assert chat.end_of_turn == "<|im_end|>"
+
+    def text(mask):
+        return tok.decode([i for i, m in zip(encoded.ids, mask) if m], skip_special_tokens=False)
+
+    assert text(encoded.assistant_mask) == "42<|im_end|>3, 5, 9<|im_end|>"
+    assert text(encoded.content_mask) == "423, 5, 9"
+    assert text(encoded.reply_mask) == "3, 5, 9"
+    prompt = encode_chat(tok, CONVERSATION[:4], add_generation_prompt=True, chat=chat).ids
+    assert encoded.ids[: len(prompt)] == prompt
+
+
+def test_a_template_that_is_not_prefix_stable_is_refused(chatml):
+    tok, _, _ = chatml
+    # renders every message in reverse order: a turn's text depends on the turns after it
+    reverse = ChatFormat(
+        "{% for m in messages | reverse %}{{ m['role'] + ':' + m['content'] + '<|im_end|>' }}{% endfor %}",
+        end_of_turn="<|im_end|>",
+    )
+    with pytest.raises(DataError, match="cannot be located"):
+        encode_chat(tok, CONVERSATION[1:3], chat=reverse)

@@ -140,15 +140,43 @@ def test_generate_with_a_non_adapter_directory_fails_cleanly(model_dir, tmp_path
     assert "adapter_config.json" in capsys.readouterr().err
 
 
-def test_finetune_defaults_to_the_domain_adapted_base_when_reproduce_cached_one(tmp_path, monkeypatch):
-    from papernotes.errors import CheckpointError
-    from papernotes.llm.experiments.target import PEFT_BASE_DIR, TARGET_MODEL_DIR, resolve_model_dir
+def test_finetune_without_model_starts_from_the_base(model_dir, tmp_path, monkeypatch):
+    """Without --model the command loads default_model_path() (the base's GGUF file; here a tiny stand-in)."""
+    from papernotes.llm import commands
 
-    monkeypatch.setenv("PAPERNOTES_CACHE", str(tmp_path))
-    with pytest.raises(CheckpointError, match="run 'papernotes reproduce' first"):
-        resolve_model_dir(None, prefer=PEFT_BASE_DIR)
-    for parts in (TARGET_MODEL_DIR, PEFT_BASE_DIR):
-        tmp_path.joinpath(*parts).mkdir(parents=True)
-        tmp_path.joinpath(*parts, "config.json").write_text("{}")
-    assert resolve_model_dir(None, prefer=PEFT_BASE_DIR) == tmp_path.joinpath(*PEFT_BASE_DIR)
-    assert resolve_model_dir(None) == tmp_path.joinpath(*TARGET_MODEL_DIR)
+    monkeypatch.setattr(commands, "default_model_path", lambda: model_dir)
+    out = tmp_path / "run"
+    argv = ["llm", "finetune", "--method", "lora", "--out", str(out), "--steps", "1", "--batch-size", "2"]
+    assert main([*argv, "--eval-size", "2", "--r", "2"]) == 0
+    info = json.loads((out / "result.json").read_text())
+    assert info["base"] == str(model_dir) and info["format"] == "plain"
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """The base's tokenizer and ChatML format (read from its GGUF file's cached export; no weights)."""
+    from papernotes.llm.data.chat_format import load_chat_format
+    from papernotes.llm.experiments.target import default_model_path
+    from papernotes.llm.model.tokenizer import load_tokenizer
+
+    path = default_model_path()
+    return load_tokenizer(path), load_chat_format(path)
+
+
+def test_chat_format_puts_the_record_in_the_template_and_learns_only_the_sentence(smollm2):
+    tokenizer, chat = smollm2
+    example = TASK["train"][0]
+    full = finetune.encode(tokenizer, example.source, example.target, chat)
+    prompt = finetune.encode(tokenizer, example.source, chat=chat)
+    assert full.ids[: len(prompt.ids)] == prompt.ids and prompt.prompt_length == len(prompt.ids)
+    learned = [t for t, m in zip(full.ids, full.target_mask()) if m]
+    assert tokenizer.decode(learned, skip_special_tokens=False) == example.target + "<|im_end|>"
+    text = tokenizer.decode(prompt.ids, skip_special_tokens=False)
+    assert finetune.INSTRUCTION in text and example.source in text and "named SmolLM" not in text
+    shots = TASK["train"][1:3]
+    few = tokenizer.decode(finetune.encode(tokenizer, example.source, chat=chat, shots=shots).ids)
+    assert all(s.source in few and s.target in few for s in shots) and few.index(shots[1].target) < few.index(
+        example.source
+    )
+    with pytest.raises(ConfigError, match="few-shot prompts need a chat format"):
+        finetune.encode(tokenizer, example.source, shots=shots)

@@ -9,11 +9,12 @@ import torch
 import trl
 
 from papernotes.errors import DataError
-from papernotes.llm.data.chat_format import add_chat_tokens
+from papernotes.llm.data.chat_format import add_chat_tokens, load_chat_format
 from papernotes.llm.data.tasks.instructions import PRESETS as TASK_PRESETS
 from papernotes.llm.data.tasks.instructions import make_instructions
+from papernotes.llm.experiments.target import default_model_path
 from papernotes.llm.generation.responses import Response
-from papernotes.llm.model.tokenizer import train_tokenizer
+from papernotes.llm.model.tokenizer import load_tokenizer, train_tokenizer
 from papernotes.llm.training import preference
 
 SPLITS = make_instructions(TASK_PRESETS["tiny"])
@@ -87,6 +88,13 @@ def test_only_the_final_replys_content_counts(tokenizer):
     ids, mask = preference.response_mask(tokenizer, messages)
     kept = [t for t, m in zip(ids, mask) if m]
     assert tokenizer.decode(kept, skip_special_tokens=False) == "6"  # no header, no <|eot_id|>, no "4"
+    # the same in the base's ChatML template: its default system line and <|im_end|> are not the reply
+    path = default_model_path()
+    chatml_tokenizer, chatml = load_tokenizer(path), load_chat_format(path)
+    ids, mask = preference.response_mask(chatml_tokenizer, messages, chatml)
+    assert chatml_tokenizer.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=False) == "6"
+    batch = preference.reply_batch(chatml_tokenizer, [messages, messages[:2]], chatml)
+    assert batch["input_ids"][1, -1] == chatml.end_of_turn_id(chatml_tokenizer)  # padded with <|im_end|>
 
 
 def test_rejection_sampling_keeps_the_shortest_correct_answer_and_pairs_it(

@@ -1,10 +1,12 @@
 """The LLM field's experiments for ``papernotes reproduce``, in the order they run.
 
-The models they share (the pre-trained target, and what is trained for it) are owned by ``target.py``.
+The models they share (the pretrained base, the pre-trained target, what is trained for them) are owned by
+``target.py``.
 """
 
 from papernotes.core.experiments import Experiment, Method
 from papernotes.llm.experiments.attention import run_attention
+from papernotes.llm.experiments.base import run_base
 from papernotes.llm.experiments.decoding import run_decoding
 from papernotes.llm.experiments.peft import run_peft
 from papernotes.llm.experiments.post_training import run_post_training
@@ -13,6 +15,13 @@ from papernotes.llm.experiments.pretrain import run_pretrain
 LLM = "Large Model"  # the notes' category for every LLM method
 
 EXPERIMENTS = [
+    Experiment(
+        "llm-base",
+        "llm",
+        "the pretrained base (SmolLM2-135M-Instruct, GGUF): replies, parity with HF, speed, perplexity",
+        run_base,
+        (Method("Llama 3", LLM, "llama3.md"),),
+    ),
     Experiment(
         "llm-pretrain",
         "llm",

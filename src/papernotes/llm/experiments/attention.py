@@ -21,7 +21,6 @@ ATTENTION_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-
 def run_attention(ctx: ExperimentContext) -> ExperimentResult:
     size = ATTENTION_SIZES[ctx.size]
     rows_out: list[dict[str, Any]] = []

@@ -114,7 +114,6 @@ def pretrain_goals(runs: dict[str, Any], val_at: dict[str, float]) -> list[Goal]
     return goals
 
 
-
 def _parameter_count(config: Any) -> int:
     return Llama(config).num_parameters()
 

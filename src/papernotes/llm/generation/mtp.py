@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from papernotes.core.checkpoint import load_weights
 from papernotes.core.train import IGNORE_INDEX
-from papernotes.errors import ConfigError
+from papernotes.errors import CheckpointError, ConfigError, DataError
+from papernotes.llm.generation.frequent_vocab import VocabHead
 from papernotes.llm.generation.generate import DecodeLoop, DecodeStats, GenerationConfig, check_prompt
 from papernotes.llm.generation.sampling import logits_to_probs, sample, verify_draft
 from papernotes.llm.model.config import LlamaConfig
@@ -66,12 +69,15 @@ class MTPConfig:
 
     depth: int = 1  # D, sequential modules; module k predicts the token k + 1 ahead (V3: 1)
     loss_weight: float = 0.3  # λ on the mean MTP loss: 0.3 for V3's first 10T tokens, then 0.1
+    num_drafts: int = 0  # drafts per step when decoding (0: depth); past depth the last module chains
 
     def __post_init__(self) -> None:
         if not isinstance(self.depth, int) or isinstance(self.depth, bool) or self.depth < 1:
             raise ConfigError(f"MTPConfig.depth must be a positive integer, got {self.depth!r}")
         if not isinstance(self.loss_weight, int | float) or self.loss_weight < 0:
             raise ConfigError(f"MTPConfig.loss_weight must be a number >= 0, got {self.loss_weight!r}")
+        if not isinstance(self.num_drafts, int) or self.num_drafts < 0:
+            raise ConfigError(f"MTPConfig.num_drafts must be an integer >= 0, got {self.num_drafts!r}")
 
 
 PRESETS: dict[str, MTPConfig] = {
@@ -128,18 +134,29 @@ class MTPModules(nn.Module):
         self.config = config
         self.base_config = base_config  # shapes of the main model the modules were built for
         self.layers = nn.ModuleList(MTPModule(base_config) for _ in range(config.depth))
+        # the tokens the modules draft from (FR-Spec rows of the shared head); empty = all. Stored with them.
+        self.register_buffer("vocab", torch.zeros(0, dtype=torch.long))
+
+    def head(self, model: Llama) -> VocabHead | None:
+        """The shared head restricted to ``vocab`` (None: the model's whole head)."""
+        return VocabHead(model.lm_head.weight, self.vocab) if self.vocab.numel() else None
 
     @property
     def depth(self) -> int:
         return len(self.layers)
 
-    def setup_caches(self, max_length: int) -> list[KVCache]:
-        """One single-layer KVCache per module (their attention also runs over past positions)."""
+    def layer_at(self, depth: int) -> MTPModule:
+        """The module for draft depth ``depth`` (1-based); past D the last module is applied again, feeding
+        on its own output state (the chain drafter of EAGLE, Li et al. 2024, built from an MTP module)."""
+        return self.layers[min(depth, self.depth) - 1]
+
+    def setup_caches(self, max_length: int, levels: int | None = None) -> list[KVCache]:
+        """One single-layer KVCache per draft depth (their attention also runs over past positions)."""
         weight = self.layers[0].eh_proj.weight
         cfg = self.base_config
         return [
             KVCache(1, 1, cfg.num_key_value_heads, max_length, cfg.head_dim, weight.dtype, weight.device)
-            for _ in self.layers
+            for _ in range(levels or self.depth)
         ]
 
 
@@ -172,9 +189,14 @@ def _check_pair(model: Llama, modules: MTPModules) -> None:
         raise ConfigError(f"model is {dtypes[0]} but the MTP modules are {dtypes[1]}; cast both")
 
 
-def shared_logits(model: Llama, hidden: torch.Tensor) -> torch.Tensor:
-    """The main model's output head on an MTP representation: (..., E) -> (..., V) (eq. 23)."""
-    return model.lm_head(model.model.norm(hidden))
+def shared_logits(model: Llama, hidden: torch.Tensor, head: VocabHead | None = None) -> torch.Tensor:
+    """The main model's output head on an MTP representation: (..., E) -> (..., V) (eq. 23).
+
+    With ``head`` (the main head's frequent-token rows, FR-Spec) only those tokens are scored and the
+    rest get −inf: a draft then costs K / V of the head.
+    """
+    normed = model.model.norm(hidden)
+    return model.lm_head(normed) if head is None else head.widen(head.logits(normed))
 
 
 def _module_forward(
@@ -310,6 +332,82 @@ def mtp_training_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple
     return model(batch["input_ids"], batch["labels"])
 
 
+def mtp_state_loss(
+    model: Llama,
+    modules: MTPModules,
+    batch: dict[str, torch.Tensor],
+    head: VocabHead | None = None,
+    depths: int | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Mean CE over draft depths 1..``depths`` from stored h^0 (self-distillation data; no base forward).
+
+    Depth k applies ``modules.layer_at(k)`` to h^{k-1} and the true token t_{i+k} and is scored on
+    t_{i+k+1} (eq. 21-24, teacher-forced). With ``depths`` > D the last module is applied again to its own
+    output, which trains it for the chain it drafts at decoding time. ``head`` scores only its tokens;
+    targets outside them, and padding, are ignored.
+    """
+    ids = batch["input_ids"]
+    targets = ids.masked_fill(~batch["mask"], IGNORE_INDEX)
+    if head is not None and head.tokens is not None:
+        lookup = torch.full((head.vocab_size,), IGNORE_INDEX, dtype=torch.long)
+        lookup[head.tokens] = torch.arange(head.size)
+        targets = torch.where(targets >= 0, lookup[targets.clamp(min=0)], targets)
+    T = ids.shape[1]
+    hidden = batch["hidden"].to(modules.layers[0].eh_proj.weight.dtype)  # h^0 (B, T, E)
+    losses = []
+    for k in range(1, (depths or modules.depth) + 1):
+        if T - k - 1 <= 0:
+            break
+        layer = modules.layer_at(k)
+        hidden = _module_forward(model, layer, hidden[:, : T - k], ids[:, k:], start=0)  # (B, T-k, E)
+        normed = model.model.norm(hidden[:, : T - k - 1])
+        logits = model.lm_head(normed) if head is None else head.logits(normed)  # (B, T-k-1, ·)
+        losses.append(_cross_entropy(logits, targets[:, k + 1 :]))
+    if not losses:
+        raise DataError(f"sequences of {T} tokens are too short for MTP training (need at least 3)")
+    return torch.stack(losses).mean(), int(batch["mask"].sum())
+
+
+@torch.no_grad()
+def depth_accuracy(
+    model: Llama,
+    modules: MTPModules,
+    batches: Sequence[dict[str, torch.Tensor]],
+    head: VocabHead | None,
+    depths: int,
+) -> list[float]:
+    """Per draft depth, how often the module's top-1 (teacher-forced, on stored states) is the next token."""
+    hits, counts = [0] * depths, [0] * depths
+    for batch in batches:
+        ids, mask = batch["input_ids"], batch["mask"]
+        T = ids.shape[1]
+        hidden = batch["hidden"].to(modules.layers[0].eh_proj.weight.dtype)
+        for k in range(1, depths + 1):
+            if T - k - 1 <= 0:
+                break
+            hidden = _module_forward(model, modules.layer_at(k), hidden[:, : T - k], ids[:, k:], start=0)
+            normed = model.model.norm(hidden[:, : T - k - 1])
+            logits = model.lm_head(normed) if head is None else head.logits(normed)
+            guess = logits.argmax(-1) if head is None else head.ids(logits.argmax(-1))  # (B, T-k-1)
+            valid = mask[:, k + 1 :]
+            hits[k - 1] += int(((guess == ids[:, k + 1 :]) & valid).sum())
+            counts[k - 1] += int(valid.sum())
+    return [h / c if c else 0.0 for h, c in zip(hits, counts)]
+
+
+class MTPStateModel(nn.Module):
+    """Frozen base + trainable modules for ``core.train.train`` on stored states; forward -> (loss, n)."""
+
+    def __init__(self, model: Llama, modules: MTPModules, head: VocabHead | None, depths: int) -> None:
+        super().__init__()
+        model.requires_grad_(False)
+        self.base, self.mtp, self.depths = model, modules, depths
+        self.head = head
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        return mtp_state_loss(self.base, self.mtp, batch, self.head, self.depths)
+
+
 def _draft(
     model: Llama,
     modules: MTPModules,
@@ -320,6 +418,7 @@ def _draft(
     num_drafts: int,
     config: GenerationConfig,
     generator: torch.Generator,
+    head: VocabHead | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Drafts for t_{n+1} .. t_{n+m}, given committed tokens seq[:, :n + 1] and h^0 at positions < n.
 
@@ -338,16 +437,17 @@ def _draft(
         tokens = torch.cat([seq[:, : n + 1], *[d.view(1, 1) for d in drafts]], dim=1)  # (1, n + k)
         out = _module_forward(
             model,
-            modules.layers[k - 1],
+            modules.layer_at(k),
             hidden[k - 1][:, start:n],
             tokens[:, start + k : n + k],
             start,
             cache,
         )  # h^k at positions start .. n - 1: (1, n - start, E)
         cache.crop(max(0, n - k + 1))  # keep positions j <= n - k: their inputs are all committed
-        if k < modules.depth:
+        if k < len(hidden):
             hidden[k][:, start:n] = out  # positions past the committed ones are rewritten next step
-        q = logits_to_probs(shared_logits(model, out[0, -1]), config.temperature, config.top_k, config.top_p)
+        logits = shared_logits(model, out[0, -1], head)
+        q = logits_to_probs(logits, config.temperature, config.top_k, config.top_p)
         drafts.append(sample(q, generator))  # t_{n+k} drafted from position n - 1
         probs.append(q)
     V = model.config.vocab_size
@@ -358,7 +458,12 @@ def _draft(
 
 @torch.inference_mode()
 def mtp_generate(
-    model: Llama, modules: MTPModules, input_ids: torch.Tensor, config: GenerationConfig
+    model: Llama,
+    modules: MTPModules,
+    input_ids: torch.Tensor,
+    config: GenerationConfig,
+    num_drafts: int | None = None,
+    head: VocabHead | None = None,
 ) -> tuple[torch.Tensor, DecodeStats]:
     """Self-speculative decoding: the MTP modules draft, the main model verifies in one forward.
 
@@ -367,6 +472,8 @@ def mtp_generate(
     accepted prefix plus one token from the main model are emitted (``sampling.verify_draft``); the
     main cache is cropped to the emitted tokens. Greedy output equals ``generate``'s token for
     token; sampled output has the same distribution (not the same tokens for a seed).
+    ``num_drafts`` (default D) may exceed D: the last module then drafts again from its own output state
+    (a chain, as EAGLE's draft head). ``head`` restricts the drafts to frequent tokens (FR-Spec).
     Stats: ``record_position(k - 1, accepted)`` for every draft of depth k that was verified.
     """
     check_prompt(model, input_ids, config)
@@ -375,7 +482,11 @@ def mtp_generate(
     T = input_ids.shape[1]
     length = T + config.max_new_tokens  # the last verified position is T + max_new_tokens - 2
     cache = model.setup_cache(1, length)
-    caches = modules.setup_caches(length)
+    chain = num_drafts or modules.config.num_drafts or modules.depth
+    head = head if head is not None else modules.head(model)
+    if chain < 1:
+        raise ConfigError(f"num_drafts must be >= 1, got {chain}")
+    caches = modules.setup_caches(length, levels=chain)
     E = model.config.hidden_size
     seq = input_ids.new_zeros(1, length)  # committed tokens t_0 .. t_n
     seq[:, :T] = input_ids
@@ -383,20 +494,20 @@ def mtp_generate(
     loop.stats.target_calls += 1
     if config.max_new_tokens == 0:  # as generate: the prefill runs, nothing is emitted
         return loop.result(input_ids)
-    hidden = [h.new_zeros(1, length, E) for _ in range(modules.depth)]  # hidden[k]: h^k by position
+    hidden = [h.new_zeros(1, length, E) for _ in range(chain)]  # hidden[k]: h^k by position
     hidden[0][:, :T] = h
     emitted = [loop.sample(logits[0, -1])]
     n = T  # index of the newest committed token t_n; the main cache holds positions < n
     while not loop.emit(emitted):  # eos and max_new_tokens cut exactly
         seq[:, n] = emitted[-1]
         # drafts + the bonus token must fit in max_new_tokens
-        num_drafts = min(modules.depth, config.max_new_tokens - len(loop.new) - 1)
-        drafts, q = _draft(model, modules, caches, hidden, seq, n, num_drafts, config, loop.generator)
+        count = min(chain, config.max_new_tokens - len(loop.new) - 1)
+        drafts, q = _draft(model, modules, caches, hidden, seq, n, count, config, loop.generator, head)
         feed = torch.cat([seq[:, n : n + 1], drafts.view(1, -1)], dim=1)  # [t_n, d_1 .. d_m]: (1, m + 1)
         logits, h = model(feed, cache=cache, return_hidden=True)  # (1, m + 1, V), (1, m + 1, E)
         loop.stats.target_calls += 1
         accepted, bonus = verify_draft(loop.probs(logits[0]), q, drafts, loop.generator)  # p: (m + 1, V)
-        for position in range(num_drafts):
+        for position in range(count):
             loop.stats.record_position(position, position < accepted)
         cache.crop(n + accepted + 1)  # keep t_n and the accepted drafts; drop the rejected tail
         hidden[0][:, n : n + accepted + 1] = h[:, : accepted + 1]
@@ -427,6 +538,14 @@ def load_mtp_modules(model: Llama, directory: str | Path) -> MTPModules:
     """
     config, _ = read_extra_config(directory, CONFIG_FILE, MTPConfig, "save_mtp_modules")
     modules = add_mtp_modules(model, config)
+    stored_vocab = load_weights(Path(directory) / WEIGHTS_FILE).get("vocab")
+    if stored_vocab is not None:  # the buffer's length is the file's
+        modules.vocab = torch.zeros_like(stored_vocab)
     load_extra_weights(modules, directory, WEIGHTS_FILE, model.lm_head.weight, f"depth={config.depth}")
+    if modules.vocab.numel() and int(modules.vocab.max()) >= model.config.vocab_size:
+        raise CheckpointError(
+            f"{Path(directory) / WEIGHTS_FILE}: the modules' vocab holds token ids up to "
+            f"{int(modules.vocab.max())}, the model has vocab_size={model.config.vocab_size}"
+        )
     logger.info("loaded %d MTP modules from %s", config.depth, directory)
     return modules

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from papernotes.errors import CheckpointError, ConfigError, DataError
-from papernotes.llm.model import hf_io
+from papernotes.llm.model import gguf, hf_io
 from papernotes.llm.model.config import LlamaConfig
 from papernotes.nn.attention import attend, causal_mask, check_backend
 from papernotes.nn.kv_cache import KVCache
@@ -232,8 +232,12 @@ class Llama(nn.Module):
         cache: KVCache | None = None,
         prefix_kv: PrefixKV | None = None,
         return_hidden: bool = False,
+        logits: bool = True,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, T, V) for token ids (B, T), or ``(logits, hidden)`` with ``return_hidden``.
+
+        ``logits=False`` skips the LM head and returns the hidden states (B, T, E) alone: a drafter that
+        scores only part of the vocabulary computes its own head (the tied head is 21 % of SmolLM2).
 
         Keys seen by each query are laid out as [prefix (P) | cache slots 0..C-1 | new (T)],
         S = P + C + T, with C = ``cache.length`` before this call.
@@ -277,8 +281,10 @@ class Llama(nn.Module):
         )  # (B, T, E)
         if cache is not None:
             cache.advance(T)
-        logits = self.lm_head(hidden)  # (B, T, V)
-        return (logits, hidden) if return_hidden else logits
+        if not logits:
+            return hidden
+        scores = self.lm_head(hidden)  # (B, T, V)
+        return (scores, hidden) if return_hidden else scores
 
     def _check_prefix(self, prefix_kv: PrefixKV | None, batch_size: int) -> int:
         """Validate prefix shapes; return P (0 without a prefix)."""
@@ -374,14 +380,18 @@ class Llama(nn.Module):
         attention: str = "sdpa",
         device: torch.device | str | None = None,
     ) -> Llama:
-        """Load an HF Llama directory (config.json + model.safetensors or a sharded index).
+        """Load an HF Llama directory (config.json + model.safetensors or a sharded index) or a GGUF file.
 
-        ``dtype`` casts every weight (None keeps the checkpoint's dtype); ``device`` is
+        A GGUF file (llama.cpp's format, e.g. ``gguf.smollm2_gguf()``) is dequantised to float32 once and
+        kept as an HF directory in the cache (``gguf.cached_directory``), which is then loaded as any other.
+        ``dtype`` casts every weight (None keeps the checkpoint's dtype; float32 for GGUF); ``device`` is
         where the weights land (CPU by default). Raises CheckpointError or
         ShapeMismatchError naming the file or tensor at fault.
         """
         check_backend(attention)
         path = Path(path)
+        if path.is_file():  # an HF model is a directory; a file is read as GGUF
+            path = gguf.cached_directory(path)
         config = LlamaConfig.from_hf_dict(*hf_io.read_config(path))
         with torch.device("meta"):  # no allocation: the checkpoint tensors become the parameters
             model = cls(config, attention=attention)

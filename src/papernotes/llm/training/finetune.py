@@ -6,7 +6,14 @@ cross-entropy on the target tokens only (the source/prompt tokens are context, a
 Li & Liang 2021 §5 and Hu et al. 2021 §4), and evaluation decodes the test sources greedily
 and scores the outputs with the task's metrics (BLEU and slot error rate for table-to-text).
 
-Sequence layout: ``BOS source " =>" target EOS``; the model learns to continue after "=>".
+Two prompt formats:
+
+- **chat** (a model with its own template, such as SmolLM2-135M-Instruct's ChatML): a system message states
+  the task (:data:`INSTRUCTION`), the user turn is the record, the assistant turn the sentence; the loss is
+  on the assistant's tokens and its end-of-turn token. Few-shot prompts put demonstrations before the
+  record as earlier user/assistant turns.
+- **plain** (our own tokenizer, no template): ``BOS source " =>" target EOS``; the model learns to
+  continue after "=>".
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from tokenizers import Tokenizer
 
 from papernotes.core.train import train
 from papernotes.errors import ConfigError, DataError
+from papernotes.llm.data.chat_format import ChatFormat, Message
 from papernotes.llm.data.supervised import Encoded, TaskBatches, recipe_train_config, target_loss
 from papernotes.llm.data.tasks import table2text
 from papernotes.llm.generation.generate import GenerationConfig, generate_batch
@@ -31,15 +39,17 @@ from papernotes.llm.model.llama import Llama
 from papernotes.llm.model.tokenizer import BOS, EOS
 from papernotes.llm.peft import lora, prefix_tuning
 from papernotes.llm.training.pretrain import save_model_dir
+from papernotes.llm.training.sft import save_chat_model
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("full", "lora", "prefix")
-SEPARATOR = " =>"  # ends the prompt; the target follows after a space
-# peak learning rates picked on the embedded task at pn-small scale (prefix tuning at 3e-2 diverged:
-# loss 4.3 after 120 steps, against 0.9 at 5e-3); the few adapter parameters take larger steps than
-# full fine-tuning, as in both papers
-DEFAULT_LR = {"full": 3e-3, "lora": 2e-2, "prefix": 5e-3}
+SEPARATOR = " =>"  # plain format: ends the prompt; the target follows after a space
+# chat format: the system message that states the task (the user turn is the record itself)
+INSTRUCTION = "Write one sentence that describes the restaurant, using every field of the record."
+# peak learning rates for a short run on SmolLM2-135M-Instruct, from the sweep in docs/prefix_tuning.md;
+# the few adapter parameters take larger steps than full fine-tuning, as in both papers
+DEFAULT_LR = {"full": 1e-4, "lora": 2e-3, "prefix": 1e-3}
 
 
 @dataclass
@@ -66,12 +76,48 @@ class FinetuneConfig:
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
 
 
-def encode(tokenizer: Tokenizer, source: str, target: str | None = None) -> Encoded:
-    """Token ids of one example; without ``target``, the prompt alone (for decoding)."""
+def task_messages(
+    source: str, target: str | None = None, shots: Sequence[table2text.Example] = ()
+) -> list[Message]:
+    """The chat messages of one example: instruction, demonstrations, the record (and its sentence)."""
+    messages = [{"role": "system", "content": INSTRUCTION}]
+    for shot in shots:
+        messages += [{"role": "user", "content": shot.source}, {"role": "assistant", "content": shot.target}]
+    messages.append({"role": "user", "content": source})
+    if target is not None:
+        messages.append({"role": "assistant", "content": target})
+    return messages
+
+
+def encode(
+    tokenizer: Tokenizer,
+    source: str,
+    target: str | None = None,
+    chat: ChatFormat | None = None,
+    shots: Sequence[table2text.Example] = (),
+) -> Encoded:
+    """Token ids of one example; without ``target``, the prompt alone (for decoding).
+
+    With ``chat`` the example is a conversation in that template (the loss mask is the assistant's
+    tokens); without it, the plain format, which takes no demonstrations.
+    """
+    if chat is not None:
+        if target is None:
+            ids = chat.encode(tokenizer, task_messages(source, None, shots), add_generation_prompt=True).ids
+            return Encoded(ids, len(ids))
+        encoded = chat.encode(tokenizer, task_messages(source, target, shots))
+        return Encoded(encoded.ids, 0, encoded.assistant_mask)
+    if shots:
+        raise ConfigError("few-shot prompts need a chat format; the plain 'source =>' format takes none")
     prompt = [tokenizer.token_to_id(BOS), *tokenizer.encode(source + SEPARATOR).ids]
     if target is None:
         return Encoded(prompt, len(prompt))
     return Encoded(prompt + [*tokenizer.encode(" " + target).ids, tokenizer.token_to_id(EOS)], len(prompt))
+
+
+def end_id(tokenizer: Tokenizer, chat: ChatFormat | None) -> int:
+    """The token that ends a target: the template's end of turn, or EOS in the plain format."""
+    return chat.end_of_turn_id(tokenizer) if chat is not None else tokenizer.token_to_id(EOS)
 
 
 def attach_method(model: Llama, config: FinetuneConfig) -> None:
@@ -109,17 +155,19 @@ def finetune(
     train_examples: Sequence[table2text.Example],
     config: FinetuneConfig,
     progress: bool = True,
+    chat: ChatFormat | None = None,
 ) -> FinetuneResult:
-    """Attach the method to ``model`` and train it on ``train_examples`` (in place)."""
+    """Attach the method to ``model`` and train it on ``train_examples`` (in place), in ``chat``'s
+    template or (None) the plain format."""
     base_parameters = model.num_parameters()
     attach_method(model, config)
-    encoded = [encode(tokenizer, e.source, e.target) for e in train_examples]
+    encoded = [encode(tokenizer, e.source, e.target, chat) for e in train_examples]
     limit = model.config.max_position_embeddings - (
         config.prefix.num_virtual_tokens if config.method == "prefix" else 0
     )
     if (longest := max(len(e.ids) for e in encoded)) > limit:
         raise DataError(f"a training example has {longest} tokens; the model's context allows {limit}")
-    batches = TaskBatches(encoded, config.batch_size, tokenizer.token_to_id(EOS), seed=config.seed)
+    batches = TaskBatches(encoded, config.batch_size, end_id(tokenizer, chat), seed=config.seed)
     train_config = recipe_train_config(
         config.steps, config.batch_size, config.learning_rate, config.precision, config.seed
     )
@@ -137,45 +185,29 @@ def finetune(
     )
 
 
-def adapt_to_domain(
-    model: Llama,
-    tokenizer: Tokenizer,
-    texts: Sequence[str],
-    steps: int,
-    batch_size: int = 32,
-    lr: float = 3e-3,
-    seed: int = 0,
-) -> list[float]:
-    """Continue pre-training every weight on unlabelled in-domain ``texts`` (plain LM loss); the losses.
-
-    PEFT presumes a base that already speaks the output language (GPT-2 and GPT-3 in the papers).
-    A small base pre-trained on code does not, so experiments give it the domain's unlabelled text
-    first: the same adapted base then serves every fine-tuning method.
-    """
-    bos, eos = tokenizer.token_to_id(BOS), tokenizer.token_to_id(EOS)
-    encoded = [Encoded([bos, *tokenizer.encode(t).ids, eos], 1) for t in texts]
-    model.requires_grad_(True)
-    config = recipe_train_config(steps, batch_size, lr, "auto", seed)
-    result = train(model, target_loss, TaskBatches(encoded, batch_size, eos, seed=seed), config)
-    return result.train_losses
-
-
 def generate_texts(
     model: Llama,
     tokenizer: Tokenizer,
     sources: Sequence[str],
     max_new_tokens: int = 64,
     batch_size: int = 64,
+    chat: ChatFormat | None = None,
+    shots: Sequence[table2text.Example] = (),
 ) -> list[str]:
-    """Greedy continuations of each source prompt, decoded to text (EOS stripped)."""
-    eos = tokenizer.token_to_id(EOS)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=eos)
-    texts: list[str] = []
-    for start in range(0, len(sources), batch_size):
-        prompts = [encode(tokenizer, s).ids for s in sources[start : start + batch_size]]
-        for ids in generate_batch(model, prompts, config, pad_token_id=eos):
-            texts.append(tokenizer.decode([t for t in ids if t != eos]).strip())
-    return texts
+    """Greedy continuations of each source prompt, decoded to text (the end token stripped).
+
+    Prompts are decoded in batches of similar length (sorted), so little of a batch is left padding.
+    """
+    end = end_id(tokenizer, chat)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=end)
+    prompts = [encode(tokenizer, s, chat=chat, shots=shots).ids for s in sources]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    texts: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        for i, ids in zip(rows, generate_batch(model, [prompts[i] for i in rows], config, pad_token_id=end)):
+            texts[i] = tokenizer.decode([t for t in ids if t != end]).strip()
+    return [texts[i] for i in range(len(prompts))]
 
 
 def evaluate(
@@ -184,10 +216,13 @@ def evaluate(
     examples: Sequence[table2text.Example],
     max_new_tokens: int = 64,
     batch_size: int = 64,
+    chat: ChatFormat | None = None,
+    shots: Sequence[table2text.Example] = (),
 ) -> tuple[dict[str, float], list[dict[str, str]]]:
     """BLEU (multi-reference) and slot error rate of greedy outputs; plus (source, output, reference) rows."""
     start = time.perf_counter()
-    outputs = generate_texts(model, tokenizer, [e.source for e in examples], max_new_tokens, batch_size)
+    sources = [e.source for e in examples]
+    outputs = generate_texts(model, tokenizer, sources, max_new_tokens, batch_size, chat, shots)
     metrics = {
         "bleu": table2text.bleu(outputs, [e.references for e in examples]),
         "ser": table2text.slot_error_rate([e.record for e in examples], outputs),
@@ -198,12 +233,20 @@ def evaluate(
 
 
 def save_result_model(
-    model: Llama, tokenizer: Tokenizer, config: FinetuneConfig, out: Path, base: str
+    model: Llama,
+    tokenizer: Tokenizer,
+    config: FinetuneConfig,
+    out: Path,
+    base: str,
+    template_from: Path | None = None,
 ) -> Path:
-    """Save what the method trained: a peft LoRA adapter, a peft prefix, or a full HF model directory."""
+    """Save what the method trained: a peft LoRA adapter, a peft prefix, or a full HF model directory
+    (with the chat template of the model directory ``template_from``, when given)."""
     if config.method == "lora":
         return lora.save_adapter(model, out, base_model_name_or_path=base)
     if config.method == "prefix":
         prefix_tuning.collapse_prefix(model)
         return prefix_tuning.save_prefix(model, out, base_model_name_or_path=base)
+    if template_from is not None:
+        return save_chat_model(model, tokenizer, out, template_from)
     return save_model_dir(model, tokenizer, out)

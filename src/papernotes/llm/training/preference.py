@@ -12,7 +12,11 @@ of a correct (chosen) and an incorrect (rejected) sample of the same prompt beco
 with β = 0.1 and α = 0.2, where the NLL term is normalised by the number of tokens (the mean over the
 chosen tokens of the batch, as ``trl``'s "sft" loss term computes it), and the formatting tokens
 (headers and ``<|eot_id|>``) are masked out of both terms: only the responses' content tokens count.
-The reference model is frozen; its log-probabilities are computed once, before training.
+The reference model is frozen; its log-probabilities are computed once, before training. The policy
+may be trained whole or through a LoRA adapter (``DPOConfig.method``); the reference may then be the
+policy itself, since its log-probabilities are taken before the adapter is attached.
+
+Conversations are rendered in the model's chat template (``chat``; None means Llama 3's).
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ from tokenizers import Tokenizer
 
 from papernotes.core.train import train
 from papernotes.errors import ConfigError, DataError
-from papernotes.llm.data.chat_format import EOT, START_HEADER, Message, encode_chat
+from papernotes.llm.data.chat_format import LLAMA3, ChatFormat, Message, encode_chat
 from papernotes.llm.data.supervised import IGNORE_INDEX, Encoded, pad_batch, recipe_train_config
 from papernotes.llm.data.tasks.instructions import Instruction, verify
 from papernotes.llm.generation.responses import respond
 from papernotes.llm.model.llama import Llama
+from papernotes.llm.peft import lora
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +74,7 @@ def rejection_sample(
     max_new_tokens: int = 48,
     seed: int = 0,
     reference_chosen: bool = False,
+    chat: ChatFormat | None = None,
 ) -> RejectionResult:
     """Sample ``k`` answers per prompt, keep the best correct one, and pair correct with incorrect.
 
@@ -79,7 +85,9 @@ def rejection_sample(
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
     prompts = [[{"role": "user", "content": e.prompt}] for e in examples]
-    samples = respond(model, tokenizer, prompts, max_new_tokens, temperature, num_samples=k, seed=seed)
+    samples = respond(
+        model, tokenizer, prompts, max_new_tokens, temperature, num_samples=k, seed=seed, chat=chat
+    )
     best, pairs, hits, correct_total = [], [], 0, 0
     for example, prompt, responses in zip(examples, prompts, samples):
         scored = [(verify(example, r.text) and r.finished, r) for r in responses]
@@ -91,7 +99,7 @@ def rejection_sample(
                 pairs.append(PreferencePair(tuple(prompt), example.answer, wrong[0].text))
             continue
         hits += 1
-        logps = sequence_logprobs(model, tokenizer, [answered(prompt, r.text) for r in correct])
+        logps = sequence_logprobs(model, tokenizer, [answered(prompt, r.text) for r in correct], chat=chat)
         ranked = sorted(zip(correct, logps.tolist()), key=lambda rl: (len(rl[0].ids), -rl[1]))
         winner = ranked[0][0].text
         best.append((example, winner))
@@ -101,53 +109,70 @@ def rejection_sample(
     return RejectionResult(best, pairs, hits / max(1, len(examples)), correct_total / total)
 
 
-def response_mask(tokenizer: Tokenizer, messages: Sequence[Message]) -> tuple[list[int], list[bool]]:
+def response_mask(
+    tokenizer: Tokenizer, messages: Sequence[Message], chat: ChatFormat | None = None
+) -> tuple[list[int], list[bool]]:
     """Ids of a conversation and the mask of the final assistant reply's content tokens (no formatting)."""
-    chat = encode_chat(tokenizer, messages)
-    eot = tokenizer.token_to_id(EOT)
-    mask = [m and t != eot for t, m in zip(chat.ids, chat.assistant_mask)]
-    last_start = max(i for i, t in enumerate(chat.ids) if t == tokenizer.token_to_id(START_HEADER))
-    return chat.ids, [m and i > last_start for i, m in enumerate(mask)]
+    encoded = encode_chat(tokenizer, messages, chat=chat)
+    return encoded.ids, encoded.reply_mask
 
 
-def reply_batch(tokenizer: Tokenizer, conversations: Sequence[Sequence[Message]]) -> dict[str, torch.Tensor]:
+def reply_batch(
+    tokenizer: Tokenizer, conversations: Sequence[Sequence[Message]], chat: ChatFormat | None = None
+) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids`` and ``labels`` (b, L - 1) whose only targets are each final reply's
     content tokens."""
     encoded = []
     for messages in conversations:
-        ids, mask = response_mask(tokenizer, messages)
+        ids, mask = response_mask(tokenizer, messages, chat)
         encoded.append(Encoded(ids, 0, mask))
-    return pad_batch(encoded, tokenizer.token_to_id(EOT))
+    return pad_batch(encoded, (chat or LLAMA3).end_of_turn_id(tokenizer))
 
 
 def token_logprobs(model: Llama, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(b, L - 1) log π(label | tokens before it) where a label is set, 0 elsewhere."""
-    logits = model(batch["input_ids"]).float()  # (b, L - 1, V)
-    labels = batch["labels"]
+    """(b, L - 1) log π(label | tokens before it) where a label is set, 0 elsewhere.
+
+    The LM head runs on the labelled positions only (the reply), not on the prompt.
+    """
+    labels = batch["labels"]  # (b, L - 1)
     keep = labels != IGNORE_INDEX
-    logps = torch.gather(F.log_softmax(logits, dim=-1), 2, labels.clamp(min=0)[..., None]).squeeze(2)
-    return logps * keep
+    if isinstance(model, Llama):
+        hidden = model(batch["input_ids"], logits=False)  # (b, L - 1, E)
+        logits = model.lm_head(hidden[keep]).float()  # (n, V)
+    else:  # a wrapper (DDP): call it, read nothing from it
+        logits = model(batch["input_ids"])[keep].float()  # (n, V)
+    picked = torch.gather(F.log_softmax(logits, dim=-1), 1, labels[keep][:, None]).squeeze(1)  # (n,)
+    return torch.zeros(labels.shape, dtype=picked.dtype, device=picked.device).masked_scatter(keep, picked)
 
 
 @torch.no_grad()
 def sequence_logprobs(
-    model: Llama, tokenizer: Tokenizer, conversations: Sequence[Sequence[Message]], batch_size: int = 32
+    model: Llama,
+    tokenizer: Tokenizer,
+    conversations: Sequence[Sequence[Message]],
+    batch_size: int = 32,
+    chat: ChatFormat | None = None,
 ) -> torch.Tensor:
-    """Summed log-probability of each conversation's final reply (content tokens only)."""
-    out = []
-    for start in range(0, len(conversations), batch_size):
-        out.append(
-            token_logprobs(model, reply_batch(tokenizer, conversations[start : start + batch_size])).sum(1)
-        )
-    return torch.cat(out)
+    """Summed log-probability of each conversation's final reply (content tokens only).
+
+    Conversations are scored in batches of similar length (sorted), so little of a batch is padding.
+    """
+    lengths = [len(encode_chat(tokenizer, c, chat=chat).ids) for c in conversations]
+    order = sorted(range(len(conversations)), key=lambda i: lengths[i])
+    out = torch.zeros(len(conversations))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = reply_batch(tokenizer, [conversations[i] for i in rows], chat)
+        out[rows] = token_logprobs(model, batch).sum(1).float()
+    return out
 
 
 def pair_logprobs(
-    model: Llama, tokenizer: Tokenizer, pairs: Sequence[PreferencePair]
+    model: Llama, tokenizer: Tokenizer, pairs: Sequence[PreferencePair], chat: ChatFormat | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed reply log-probabilities (chosen, rejected) of every pair."""
-    chosen = sequence_logprobs(model, tokenizer, [p.conversation("chosen") for p in pairs])
-    return chosen, sequence_logprobs(model, tokenizer, [p.conversation("rejected") for p in pairs])
+    chosen = sequence_logprobs(model, tokenizer, [p.conversation("chosen") for p in pairs], chat=chat)
+    return chosen, sequence_logprobs(model, tokenizer, [p.conversation("rejected") for p in pairs], chat=chat)
 
 
 def dpo_loss(
@@ -164,6 +189,9 @@ def dpo_loss(
     return -F.logsigmoid(beta * margin).mean() + alpha * chosen_nll
 
 
+METHODS = ("full", "lora")
+
+
 @dataclass
 class DPOConfig:
     beta: float = 0.1  # Llama 3 §4.1.4
@@ -172,7 +200,13 @@ class DPOConfig:
     batch_size: int = 8  # pairs per step
     lr: float = 1e-5  # Llama 3 used 1e-5 at 405B scale; small models take more
     precision: str = "auto"
+    method: str = "full"  # "full" | "lora": what of the policy trains
+    lora: lora.LoraConfig | None = None  # used when method == "lora" (None: peft's defaults)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
 
 
 def check_reference(policy: Llama, reference: Llama) -> None:
@@ -188,11 +222,17 @@ class PreferenceBatches:
     """Rows of (chosen, rejected) pairs with their precomputed reference log-probabilities."""
 
     def __init__(
-        self, tokenizer: Tokenizer, pairs: Sequence[PreferencePair], ref_chosen, ref_rejected, config
+        self,
+        tokenizer: Tokenizer,
+        pairs: Sequence[PreferencePair],
+        ref_chosen,
+        ref_rejected,
+        config,
+        chat: ChatFormat | None = None,
     ):
         self.chosen = [p.conversation("chosen") for p in pairs]
         self.rejected = [p.conversation("rejected") for p in pairs]
-        self.tokenizer, self.config = tokenizer, config
+        self.tokenizer, self.config, self.chat = tokenizer, config, chat
         self.ref_chosen, self.ref_rejected = ref_chosen, ref_rejected
 
     def __call__(self, step: int, micro_step: int = 0) -> dict[str, torch.Tensor]:
@@ -200,7 +240,9 @@ class PreferenceBatches:
         rows = torch.randint(0, len(self.chosen), (self.config.batch_size,), generator=gen)
         batch = {"ref_chosen": self.ref_chosen[rows], "ref_rejected": self.ref_rejected[rows]}
         for side, conversations in (("chosen", self.chosen), ("rejected", self.rejected)):
-            for key, tensor in reply_batch(self.tokenizer, [conversations[i] for i in rows]).items():
+            for key, tensor in reply_batch(
+                self.tokenizer, [conversations[i] for i in rows], self.chat
+            ).items():
                 batch[f"{side}_{key}"] = tensor  # chosen_input_ids, chosen_labels, rejected_...
         return batch
 
@@ -212,14 +254,18 @@ def dpo(
     pairs: Sequence[PreferencePair],
     config: DPOConfig,
     progress: bool = True,
+    chat: ChatFormat | None = None,
 ) -> list[float]:
-    """Train ``policy`` (in place) on preference pairs against the frozen ``reference``; the losses."""
+    """Train ``policy`` (in place) on preference pairs against the frozen ``reference``; the losses.
+
+    ``reference`` may be ``policy`` itself: its log-probabilities are computed before training starts.
+    """
     if not pairs:
         raise DataError("no preference pairs: DPO needs at least one (chosen, rejected) pair")
     check_reference(policy, reference)
     reference.eval().requires_grad_(False)
-    ref_chosen, ref_rejected = pair_logprobs(reference, tokenizer, pairs)
-    batches = PreferenceBatches(tokenizer, pairs, ref_chosen, ref_rejected, config)
+    ref_chosen, ref_rejected = pair_logprobs(reference, tokenizer, pairs, chat)
+    batches = PreferenceBatches(tokenizer, pairs, ref_chosen, ref_rejected, config, chat)
 
     def loss_fn(model, batch):
         def side(name: str) -> torch.Tensor:
@@ -239,7 +285,10 @@ def dpo(
         )
         return loss, int(batch["chosen_input_ids"].shape[0])
 
-    policy.requires_grad_(True)
+    if config.method == "lora":
+        lora.apply_lora(policy, config.lora or lora.LoraConfig())  # freezes the rest of the policy
+    else:
+        policy.requires_grad_(True)
     train_config = recipe_train_config(
         config.steps, config.batch_size, config.lr, config.precision, config.seed
     )
@@ -250,9 +299,11 @@ def dpo(
 
 
 @torch.no_grad()
-def preference_accuracy(model: Llama, tokenizer: Tokenizer, pairs: Sequence[PreferencePair]) -> float:
+def preference_accuracy(
+    model: Llama, tokenizer: Tokenizer, pairs: Sequence[PreferencePair], chat: ChatFormat | None = None
+) -> float:
     """How often the model gives the chosen reply a higher log-probability than the rejected one."""
     if not pairs:
         raise DataError("no preference pairs to score")
-    chosen, rejected = pair_logprobs(model, tokenizer, pairs)
+    chosen, rejected = pair_logprobs(model, tokenizer, pairs, chat)
     return float((chosen > rejected).float().mean())

@@ -7,29 +7,46 @@ tokens masked out of the loss. Conversations are encoded in the chat format
 attention mask, so that packing changes the arithmetic per row but not the result (the tests hold the
 packed loss equal to the unpacked one). Training runs through :func:`papernotes.core.train.train`;
 the method is full fine-tuning or LoRA (:func:`papernotes.llm.peft.lora.apply_lora`).
+
+Conversations are rendered in the model's own chat template (``chat``; None means Llama 3's, the format of
+our own tokenizer, whose special tokens :func:`prepare_model` adds). A model with its own template, such as
+SmolLM2's ChatML, already has its tokens: its vocabulary is never resized.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
 from papernotes.core.train import train
 from papernotes.errors import ConfigError, DataError
-from papernotes.llm.data.chat_format import Message, add_chat_tokens, check_conversation, encode_chat
+from papernotes.llm.data.chat_format import (
+    CHAT_TOKENS,
+    LLAMA3,
+    ChatFormat,
+    Message,
+    add_chat_tokens,
+    check_conversation,
+    encode_chat,
+    write_chat_template,
+)
 from papernotes.llm.data.supervised import IGNORE_INDEX, Encoded, pad_batch, recipe_train_config, target_loss
 from papernotes.llm.model.llama import Llama
 from papernotes.llm.peft import lora
+from papernotes.llm.training.pretrain import save_model_dir
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("full", "lora")
-DEFAULT_LR = {"full": 1e-3, "lora": 1e-2}
+DEFAULT_LR = {"full": 5e-5, "lora": 1e-3}  # SmolLM2-135M-Instruct (docs/post_training.md)
 
 
 @dataclass
@@ -55,7 +72,9 @@ class SFTConfig:
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
 
 
-def encode_conversations(tokenizer: Tokenizer, conversations: Sequence[Sequence[Message]]) -> list[Encoded]:
+def encode_conversations(
+    tokenizer: Tokenizer, conversations: Sequence[Sequence[Message]], chat: ChatFormat | None = None
+) -> list[Encoded]:
     """Chat-format ids with the assistant mask as the loss mask; every conversation must train something."""
     encoded = []
     for i, messages in enumerate(conversations):
@@ -63,8 +82,8 @@ def encode_conversations(tokenizer: Tokenizer, conversations: Sequence[Sequence[
             check_conversation(messages, need_assistant=True)
         except DataError as exc:
             raise DataError(f"conversation {i}: {exc}") from exc
-        chat = encode_chat(tokenizer, messages)
-        encoded.append(Encoded(chat.ids, 0, chat.assistant_mask))
+        ids = encode_chat(tokenizer, messages, chat=chat)
+        encoded.append(Encoded(ids.ids, 0, ids.assistant_mask))
     return encoded
 
 
@@ -151,8 +170,16 @@ class SFTResult:
     step_s: float
 
 
-def prepare_model(model: Llama, tokenizer: Tokenizer) -> list[str]:
-    """Add missing chat tokens to the tokenizer and grow the model's vocabulary to fit; the tokens added."""
+def uses_llama3_tokens(chat: ChatFormat | None) -> bool:
+    """Whether ``chat`` is Llama 3's format, whose special tokens our own tokenizer lacks until added."""
+    return chat is None or chat is LLAMA3 or chat.end_of_turn in CHAT_TOKENS
+
+
+def prepare_model(model: Llama, tokenizer: Tokenizer, chat: ChatFormat | None = None) -> list[str]:
+    """Add missing Llama 3 chat tokens to the tokenizer and grow the model's vocabulary to fit; the tokens
+    added. A model with a template of its own (``chat`` not Llama 3's) is left as it is."""
+    if not uses_llama3_tokens(chat):
+        return []
     added = add_chat_tokens(tokenizer)
     if tokenizer.get_vocab_size() > model.config.vocab_size:
         model.resize_token_embeddings(tokenizer.get_vocab_size())
@@ -165,15 +192,16 @@ def sft(
     conversations: Sequence[Sequence[Message]],
     config: SFTConfig,
     progress: bool = True,
+    chat: ChatFormat | None = None,
 ) -> SFTResult:
-    """Fine-tune ``model`` (in place) on the assistant turns of ``conversations``."""
-    prepare_model(model, tokenizer)
-    encoded = encode_conversations(tokenizer, conversations)
+    """Fine-tune ``model`` (in place) on the assistant turns of ``conversations``, in ``chat``'s template."""
+    prepare_model(model, tokenizer, chat)
+    encoded = encode_conversations(tokenizer, conversations, chat)
     if config.method == "lora":
         lora.apply_lora(model, config.lora)
     else:
         model.requires_grad_(True)
-    pad = tokenizer.token_to_id("<|eot_id|>")
+    pad = (chat or LLAMA3).end_of_turn_id(tokenizer)
     batches = ConversationBatches(encoded, config, pad)
     train_config = recipe_train_config(
         config.steps, config.batch_size, config.learning_rate, config.precision, config.seed
@@ -187,3 +215,26 @@ def sft(
         result.train_losses,
         result.wall_s / max(1, len(result.train_losses)),
     )
+
+
+TEMPLATE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+def save_chat_model(
+    model: Llama, tokenizer: Tokenizer, directory: Path, template_from: Path | None = None
+) -> Path:
+    """An HF model directory that ``papernotes llm chat`` (and transformers) load with its chat template.
+
+    ``template_from``: the model directory whose template, special tokens and generation config to keep
+    (the base's, e.g. SmolLM2's ChatML); when it has no template, or is None, Llama 3's is written.
+    """
+    save_model_dir(model, tokenizer, directory)
+    source = Path(template_from) if template_from is not None else None
+    config = source / "tokenizer_config.json" if source is not None else None
+    if config is not None and config.is_file() and json.loads(config.read_text()).get("chat_template"):
+        for name in TEMPLATE_FILES:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, Path(directory) / name)
+    else:
+        write_chat_template(directory)
+    return Path(directory)

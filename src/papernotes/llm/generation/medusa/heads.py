@@ -48,7 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from papernotes.core.checkpoint import load_weights
 from papernotes.errors import CheckpointError, ConfigError
+from papernotes.llm.generation.frequent_vocab import VocabHead
 from papernotes.llm.generation.medusa.tree import (
     TreePath,
     build_tree,
@@ -75,6 +77,10 @@ class MedusaConfig:
     tree_nodes: int = 63  # node budget of the greedy tree, root excluded (official 7B tree: 63)
     typical_epsilon: float = 0.09  # ε, the hard threshold of typical acceptance
     typical_delta: float = 0.3  # δ, scales exp(−entropy) in typical acceptance (official: sqrt(ε))
+    # False: each head owns a copy of the LM head (the paper). True: the heads reuse the base's head,
+    # restricted to the tokens in MedusaHeads.vocab (FR-Spec), which saves K × V × E weights and, per
+    # step, all but one pass over the head (see docs/medusa.md for what each costs)
+    share_lm_head: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_heads", "num_layers", "top_k"):
@@ -116,19 +122,23 @@ class ResidualBlock(nn.Module):
 
 
 class MedusaHead(nn.Module):
-    """``num_layers`` residual blocks, then this head's own LM head (W2 of eq. 1)."""
+    """``num_layers`` residual blocks, then this head's own LM head (W2 of eq. 1) unless it is shared."""
 
-    def __init__(self, base_config: LlamaConfig, num_layers: int) -> None:
+    def __init__(self, base_config: LlamaConfig, num_layers: int, own_lm_head: bool = True) -> None:
         super().__init__()
         E, V = base_config.hidden_size, base_config.vocab_size
         self.blocks = nn.ModuleList(ResidualBlock(E) for _ in range(num_layers))
-        self.lm_head = nn.Linear(E, V, bias=False)
+        self.lm_head = nn.Linear(E, V, bias=False) if own_lm_head else None
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """(..., E) -> logits (..., V)."""
+    def features(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., E) -> the blocks' output (..., E), what the LM head reads."""
         for block in self.blocks:
             h = block(h)
-        return self.lm_head(h)
+        return h
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., E) -> logits (..., V) through this head's own LM head."""
+        return self.lm_head(self.features(h))
 
 
 class MedusaHeads(nn.Module):
@@ -138,28 +148,46 @@ class MedusaHeads(nn.Module):
         super().__init__()
         self.config = config
         self.base_config = base_config  # shapes of the base the heads were built for
+        own = not config.share_lm_head
         self.heads = nn.ModuleList(
-            MedusaHead(base_config, config.num_layers) for _ in range(config.num_heads)
+            MedusaHead(base_config, config.num_layers, own) for _ in range(config.num_heads)
         )
+        # the tokens a shared head may propose (FR-Spec); empty = the whole vocabulary. Stored with the heads.
+        self.register_buffer("vocab", torch.zeros(0, dtype=torch.long))
+        self.shared_head: VocabHead | None = None  # set by bind(model) when config.share_lm_head
         self.tree: list[TreePath] | None = None  # set by calibrate_tree or load_medusa_heads
 
     @property
     def num_heads(self) -> int:
         return len(self.heads)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def bind(self, model: Llama) -> None:
+        """Shared heads read ``model``'s LM head (its ``vocab`` rows); heads with their own need nothing."""
+        if self.config.share_lm_head:
+            tokens = self.vocab if self.vocab.numel() else None
+            self.shared_head = VocabHead(model.lm_head.weight, tokens)
+
+    def forward(self, hidden: torch.Tensor, widen: bool = True) -> torch.Tensor:
         """Final-norm hidden states (..., E) -> logits (K, ..., V); head k predicts t + k + 2 from h_t.
 
-        The hidden state is cast to the heads' dtype and device first: the base may have been
-        cast (``model.to(dtype)``) without the heads.
+        Shared heads score only their ``vocab`` tokens: ``widen=False`` returns those logits (K, ..., |vocab|)
+        (for training), ``widen=True`` the full rows with −inf elsewhere (for candidate selection). The
+        hidden state is cast to the heads' dtype and device first: the base may have been cast without them.
         """
-        weight = self.heads[0].lm_head.weight
-        hidden = hidden.to(device=weight.device, dtype=weight.dtype)
-        return torch.stack([head(hidden) for head in self.heads])  # (K, ..., V)
+        weight = self.heads[0].blocks[0].linear.weight if self.heads[0].blocks else None
+        if weight is not None:
+            hidden = hidden.to(device=weight.device, dtype=weight.dtype)
+        if not self.config.share_lm_head:
+            return torch.stack([head(hidden) for head in self.heads])  # (K, ..., V)
+        if self.shared_head is None:
+            raise ConfigError("shared Medusa heads must be bound to their base first: heads.bind(model)")
+        logits = self.shared_head.logits(torch.stack([head.features(hidden) for head in self.heads]))
+        return self.shared_head.widen(logits) if widen else logits
 
 
-def add_medusa_heads(model: Llama, config: MedusaConfig) -> MedusaHeads:
-    """Fresh heads for ``model`` in its dtype and on its device: zero residual blocks, copied LM heads.
+def add_medusa_heads(model: Llama, config: MedusaConfig, vocab: torch.Tensor | None = None) -> MedusaHeads:
+    """Fresh heads for ``model`` in its dtype and on its device: zero residual blocks, copied LM heads
+    (or, with ``config.share_lm_head``, the base's head over the ``vocab`` token ids, (K,), or all tokens).
 
     The heads are returned, not registered on ``model`` (see the module docstring). The base is
     left as it is; :func:`train_medusa` freezes it.
@@ -167,6 +195,11 @@ def add_medusa_heads(model: Llama, config: MedusaConfig) -> MedusaHeads:
     heads = MedusaHeads(model.config, config)
     weight = model.lm_head.weight
     heads.to(device=weight.device, dtype=weight.dtype)
+    if config.share_lm_head:
+        if vocab is not None:
+            heads.vocab = vocab.to(device=weight.device, dtype=torch.long)
+        heads.bind(model)
+        return heads
     with torch.no_grad():
         for head in heads.heads:
             head.lm_head.weight.copy_(weight)  # a copy, never a tie: each head trains its own
@@ -193,7 +226,7 @@ def save_medusa_heads(heads: MedusaHeads, directory: str | Path) -> Path:
         "tree": [list(path) for path in heads.tree] if heads.tree is not None else None,
         "base_hidden_size": heads.base_config.hidden_size,  # informative; shapes are checked per tensor
         "base_vocab_size": heads.base_config.vocab_size,
-        "torch_dtype": str(heads.heads[0].lm_head.weight.dtype).removeprefix("torch."),
+        "torch_dtype": str(next(heads.parameters()).dtype).removeprefix("torch."),
     }
     return save_extra_weights(heads, directory, WEIGHTS_FILE, CONFIG_FILE, meta)
 
@@ -216,8 +249,17 @@ def load_medusa_heads(model: Llama, directory: str | Path) -> MedusaHeads:
             f"{Path(directory) / CONFIG_FILE}: the stored tree is deeper than num_heads={config.num_heads}"
         )
     heads = MedusaHeads(model.config, config)
+    stored_vocab = load_weights(Path(directory) / WEIGHTS_FILE).get("vocab")
+    if stored_vocab is not None:  # the buffer's length is the file's, not a fixed shape
+        heads.vocab = torch.zeros_like(stored_vocab)
     hint = f"num_heads={config.num_heads}, num_layers={config.num_layers}"
     load_extra_weights(heads, directory, WEIGHTS_FILE, model.lm_head.weight, hint)
+    if heads.vocab.numel() and int(heads.vocab.max()) >= model.config.vocab_size:
+        raise CheckpointError(
+            f"{Path(directory) / WEIGHTS_FILE}: the heads' vocab holds token ids up to "
+            f"{int(heads.vocab.max())}, the model has vocab_size={model.config.vocab_size}"
+        )
+    heads.bind(model)
     heads.tree = list(paths) if paths is not None else None
     logger.info("loaded %d Medusa heads from %s", config.num_heads, directory)
     return heads

@@ -134,3 +134,75 @@ def calibrate_tree(
     heads.tree = greedy_tree(accuracy, heads.config.tree_nodes if num_nodes is None else num_nodes)
     logger.info("Medusa tree: %d nodes, depth %d", len(heads.tree), max(map(len, heads.tree), default=0))
     return heads.tree
+
+
+# --- training on stored states (self-distillation data: no base forward per step) ---------------------
+
+
+def _state_targets(heads: MedusaHeads, batch: Batch) -> torch.Tensor:
+    """Token ids (B, T) in the heads' label space; padding and tokens outside a shared vocab are ignored."""
+    targets = batch["input_ids"].masked_fill(~batch["mask"], IGNORE_INDEX)
+    if heads.config.share_lm_head and heads.vocab.numel():
+        lookup = torch.full((heads.base_config.vocab_size,), IGNORE_INDEX, dtype=torch.long)
+        lookup[heads.vocab] = torch.arange(heads.vocab.numel())
+        targets = torch.where(targets >= 0, lookup[targets.clamp(min=0)], targets)
+    return targets
+
+
+def medusa_state_losses(heads: nn.Module, batch: Batch) -> list[torch.Tensor]:
+    """CE_k of each head on a :class:`~papernotes.llm.generation.distill.DistillBatches` batch.
+
+    The batch holds the frozen base's final-norm hidden states, so Medusa-1 training needs no base forward:
+    head k at position i targets t_{i+k+2} = input_ids[:, i + k + 2] (eq. 2).
+    """
+    inner = _unwrap(heads)
+    logits = heads(batch["hidden"], widen=False)  # (K, B, T, V or |vocab|)
+    targets = _state_targets(inner, batch)
+    T = targets.shape[1]
+    losses = []
+    for k in range(logits.shape[0]):
+        target = targets[:, k + 2 :]  # (B, T - k - 2)
+        head_logits = logits[k, :, : T - k - 2]
+        if not bool((target != IGNORE_INDEX).any()):
+            losses.append(head_logits.sum() * 0.0)
+            continue
+        losses.append(
+            F.cross_entropy(head_logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX)
+        )
+    return losses
+
+
+def medusa_state_loss(heads: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
+    """(Σ_k λ^k · CE_k, scored positions) on stored states; ``core.train``'s loss_fn for the heads."""
+    decay = _unwrap(heads).config.loss_decay
+    losses = medusa_state_losses(heads, batch)
+    total = sum((decay**k * loss for k, loss in enumerate(losses)), torch.zeros(()))
+    return total, int(batch["mask"].sum())
+
+
+def train_medusa_on_states(heads: MedusaHeads, batches: BatchFn, train_config: TrainConfig) -> TrainResult:
+    """Medusa-1 on self-distillation data: only the heads train; the base's states come with the batches."""
+    heads.requires_grad_(True)
+    return train(heads, medusa_state_loss, batches, train_config)
+
+
+@torch.no_grad()
+def state_topk_accuracy(heads: MedusaHeads, batches: Iterable[Batch], k_max: int = 10) -> torch.Tensor:
+    """(K, k_max) top-k accuracies of each head on stored-state batches (what the tree is chosen from)."""
+    K = heads.num_heads
+    hits = torch.zeros(K, k_max, dtype=torch.float64)
+    counts = torch.zeros(K, dtype=torch.float64)
+    for batch in batches:
+        logits = heads(batch["hidden"], widen=False)  # (K, B, T, ·)
+        targets = _state_targets(heads, batch)
+        T = targets.shape[1]
+        for k in range(K):
+            target = targets[:, k + 2 :]
+            valid = target != IGNORE_INDEX
+            if not bool(valid.any()):
+                continue
+            top = logits[k, :, : T - k - 2].topk(k_max, dim=-1).indices  # (B, T', k_max)
+            rank_hit = (top == target[..., None]) & valid[..., None]  # (B, T', k_max)
+            hits[k] += rank_hit.cumsum(-1).clamp(max=1).sum((0, 1)).double()
+            counts[k] += valid.sum()
+    return hits / counts.clamp(min=1)[:, None]
