@@ -70,3 +70,30 @@ def test_a_bad_model_file_is_one_line_and_exit_2(tmp_path, content, match):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert str(bad) in proc.stderr and match in proc.stderr
+
+
+@pytest.mark.parametrize("system", [None, "You are terse."])
+def test_the_bases_own_template_renders_and_encodes_as_transformers_does(system):
+    from transformers import AutoTokenizer
+
+    from papernotes.llm.data.chat_format import encode_chat, load_chat_format
+    from papernotes.llm.model.gguf import cached_directory, smollm2_gguf
+    from papernotes.llm.model.tokenizer import load_tokenizer
+
+    path = smollm2_gguf()
+    chat, tokenizer = load_chat_format(path), load_tokenizer(path)
+    hf = AutoTokenizer.from_pretrained(cached_directory(path))
+    messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+    messages = ([{"role": "system", "content": system}] if system else []) + messages
+    for asked, prompt in ((messages, False), (messages[:-1], True)):
+        assert chat.render(asked, add_generation_prompt=prompt) == hf.apply_chat_template(
+            asked, tokenize=False, add_generation_prompt=prompt
+        )
+        ours = encode_chat(tokenizer, asked, add_generation_prompt=prompt, chat=chat).ids
+        assert ours == list(
+            hf.apply_chat_template(asked, tokenize=True, add_generation_prompt=prompt)["input_ids"]
+        )
+    reply = encode_chat(tokenizer, messages, chat=chat)
+    assert tokenizer.decode(
+        [t for t, m in zip(reply.ids, reply.assistant_mask) if m], skip_special_tokens=False
+    ) == ("Blue.<|im_end|>")

@@ -64,8 +64,8 @@ PRETRAIN_SIZES: dict[str, dict[str, Any]] = {
     },
     "quick": {
         "model": "pn-small",
-        "steps": 200,
-        "compare_at": 12,
+        "steps": 120,
+        "compare_at": 6,
         "batch_size": 8,
         "seq_len": 128,
         "max_bytes": 3_000_000,

@@ -37,6 +37,7 @@ from torch import nn
 from papernotes.errors import CheckpointError, ConfigError, DataError
 from papernotes.llm.model import gguf, hf_io
 from papernotes.llm.model.config import LlamaConfig
+from papernotes.nn import fast_linear
 from papernotes.nn.attention import attend, causal_mask, check_backend
 from papernotes.nn.kv_cache import KVCache
 from papernotes.nn.rmsnorm import RMSNorm
@@ -57,10 +58,11 @@ class LlamaAttention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         E, H, Hkv, D = config.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
-        self.q_proj = nn.Linear(E, H * D, bias=False)
-        self.k_proj = nn.Linear(E, Hkv * D, bias=False)
-        self.v_proj = nn.Linear(E, Hkv * D, bias=False)
-        self.o_proj = nn.Linear(H * D, E, bias=False)
+        # fast_linear.Linear: an nn.Linear whose matrix form tune_linears may choose (same state_dict)
+        self.q_proj = fast_linear.Linear(E, H * D, bias=False)
+        self.k_proj = fast_linear.Linear(E, Hkv * D, bias=False)
+        self.v_proj = fast_linear.Linear(E, Hkv * D, bias=False)
+        self.o_proj = fast_linear.Linear(H * D, E, bias=False)
 
     def forward(
         self,
@@ -99,9 +101,9 @@ class LlamaMLP(nn.Module):
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_proj = fast_linear.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = fast_linear.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = fast_linear.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, E) -> (B, T, E)."""
@@ -174,7 +176,7 @@ class Llama(nn.Module):
         self.config = config
         self.attention = attention
         self.model = LlamaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = fast_linear.Linear(config.hidden_size, config.vocab_size, bias=False)
         # adapter hook: a module whose call returns a PrefixKV (batch dim 1 or B); forward uses it when
         # no prefix_kv is passed, so generate() and every decoder see the prefix (prefix_tuning.py)
         self.prefix_encoder: nn.Module | None = None
