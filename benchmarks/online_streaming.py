@@ -1,12 +1,16 @@
 """Benchmark: streaming speed of the online action detectors, as a real-time factor at 4 fps features.
 
-Claim under test (issue "Online action detection"): OadTR streams at >= 10x real time per stream on 2 CPU
-cores at the paper's dimensions (THUMOS'14 features D = 3072, window 64, width 1024, 3 encoder and 5 decoder
-layers). A stream produces one feature every 0.25 s (4 fps), so real-time factor = frames/s / 4.
+Claim under test (the online-detection issue): OadTR streams at >= 10x real time per stream on 2 CPU cores at
+the paper's dimensions (THUMOS'14 features D = 3072, window 64, width 1024, 3 encoder and 5 decoder layers).
+A stream produces one feature every 0.25 s (4 fps), so real-time factor = frames/s / 4.
 
 Measured, all in one run with random weights (speed does not depend on what a model learned):
-* one stream: ``stream().step(feature)`` frame after frame (ring buffer / recurrent state);
-* N concurrent streams batched: one forward over the N current windows (window models) or N states.
+* one stream: ``stream().step(feature)`` frame after frame, timed once the window caches are full;
+* N concurrent streams batched: one step over the N current frames (window models and TRN keep N states);
+* OadTR without its caches: the same exact score recomputed from the frames it depends on (``history``), as a
+  stream without caches would have to;
+* the roofline of one OadTR step: the weights it reads (bytes) and its FLOPs, against this machine's measured
+  memory bandwidth and matrix-product throughput, so a miss can be read as "how far the limit is".
 Prints ONE JSON object.
 
     python benchmarks/online_streaming.py                   # default dimensions, 1 and 16 streams
@@ -17,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from papernotes.video.online.models import DETECTORS, build_detector
+from papernotes.video.online.stream import stream_rate
 
 FPS = 4.0  # THUMOS'14 / TVSeries features: one per 6 frames at 24 fps
 
@@ -38,19 +45,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _warmup(model: torch.nn.Module) -> int:
+    """Frames to step untimed so that a window model's caches are full (as in a long stream)."""
+    return model.cfg.window - 1 if hasattr(model.cfg, "window") else 3
+
+
 @torch.no_grad()
 def _batched_fps(model: torch.nn.Module, name: str, streams: int, frames: int, dim: int) -> float:
     """Frames per second per stream when ``streams`` streams are scored together, one step at a time."""
     x = torch.randn(streams, dim)
-    if name in ("oadtr", "idn"):
+    if name == "oadtr":
+        stream = model.stream()
+        for _ in range(_warmup(model)):
+            stream.step(x)
+        start = time.perf_counter()
+        for _ in range(frames):
+            stream.step(x)  # (N, D) -> (N, C+1): N streams, one cache each
+    elif name == "idn":
         W = model.cfg.window
         windows = torch.randn(streams, W, dim)
         valid = torch.full((streams,), W)
-        score = model.score_windows if name == "oadtr" else model.read_windows
         start = time.perf_counter()
         for _ in range(frames):
             windows = torch.cat((windows[:, 1:], x[:, None]), dim=1)  # every stream's ring buffer moves
-            score(windows, valid)
+            model.read_windows(windows, valid)
     elif name == "trn":
         state = model.initial_state(streams, x)
         start = time.perf_counter()
@@ -68,6 +86,58 @@ def _batched_fps(model: torch.nn.Module, name: str, streams: int, frames: int, d
     return frames / (time.perf_counter() - start)
 
 
+@torch.no_grad()
+def _recompute_fps(model: torch.nn.Module, repeats: int = 2) -> float:
+    """OadTR without caches: frames/s when each score is recomputed from the ``history`` frames it reads."""
+    window = torch.randn(1, model.history, model.cfg.feature_dim)
+    model(window)  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model(window)
+    return repeats / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def _roofline(model: torch.nn.Module) -> dict[str, float]:
+    """One OadTR stream step: weight bytes read and FLOPs, this machine's bandwidth and GEMM rate, and the
+    real-time factor those two limits allow."""
+    stream = model.stream()
+    x = torch.randn(model.cfg.feature_dim)
+    for _ in range(_warmup(model)):
+        stream.step(x)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        stream.step(x)
+    flops = counter.get_total_flops()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())  # every weight is read per step
+    big = torch.empty(64 * 2**20)  # 256 MB, far beyond the caches
+    copy = torch.empty_like(big)
+    copy.copy_(big)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        copy.copy_(big)
+        times.append(time.perf_counter() - start)
+    bandwidth = 2 * big.numel() * big.element_size() / statistics.median(times)  # read + write bytes/s
+    E = model.cfg.dim
+    a, b = torch.randn(512, E), torch.randn(E, 4 * E)  # a compute-bound product of the model's shapes
+    a @ b
+    start = time.perf_counter()
+    for _ in range(3):
+        a @ b
+    gemm = 3 * 2 * a.shape[0] * E * 4 * E / (time.perf_counter() - start)
+    limit_s = max(weights / bandwidth, flops / gemm)
+    return {
+        "weight_bytes_per_step": weights,
+        "flops_per_step": flops,
+        "bandwidth_gb_s": bandwidth / 1e9,
+        "gemm_gflop_s": gemm / 1e9,
+        "bandwidth_bound_ms": 1000 * weights / bandwidth,
+        "compute_bound_ms": 1000 * flops / gemm,
+        "limit_rtf": 1 / limit_s / FPS,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
@@ -78,14 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.manual_seed(0)
         model = build_detector(name, preset).eval()
         dim = model.cfg.feature_dim
-        stream = model.stream()
-        for _ in range(3):  # warm-up
-            stream.step(torch.randn(dim))
-        features = torch.randn(frames, dim)
-        start = time.perf_counter()
-        for t in range(frames):
-            stream.step(features[t])
-        single = frames / (time.perf_counter() - start)
+        warmup = _warmup(model)
+        single = stream_rate(model, torch.randn(warmup + frames, dim), warmup=warmup)
         batched = _batched_fps(model, name, args.streams, frames, dim)
         rows[name] = {
             "params": sum(p.numel() for p in model.parameters()),
@@ -96,6 +160,10 @@ def main(argv: list[str] | None = None) -> dict:
             "batched_rtf_per_stream": batched / FPS,
             "batched_total_fps": batched * args.streams,
         }
+        if name == "oadtr":
+            recompute = _recompute_fps(model)
+            rows[name]["without_caches_rtf"] = recompute / FPS
+            rows[name]["roofline"] = _roofline(model)
     result = {
         "settings": {"preset": preset, "frames": frames, "threads": torch.get_num_threads(), "fps": FPS}
     }

@@ -23,13 +23,13 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from papernotes.core.timing import median_seconds
 from papernotes.metrics.segmentation import CHUNK_PIXELS, SegmentationMetrics, plain_counts
 
 GOAL_MPIX_PER_S = 200.0
@@ -46,16 +46,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1: per core)")
     parser.add_argument("--quick", action="store_true", help="2 x 128 x 256, 3 repeats, 4 PNG pairs")
     return parser.parse_args(argv)
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: first-touch page faults and lazy initialisation are not the steady state
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def read_once(*tensors: torch.Tensor) -> None:

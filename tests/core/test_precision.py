@@ -227,4 +227,3 @@ def test_auto_precision_is_bf16_only_where_bf16_is_native(monkeypatch, caplog):
     assert precision.resolve_precision("bf16") == "bf16"  # an explicit mode is never overridden
     with pytest.raises(ConfigError, match="unknown mode 'bf8'"):
         precision.resolve_precision("bf8")
-

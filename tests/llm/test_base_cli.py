@@ -15,7 +15,7 @@ from papernotes.cli import main
 
 def test_chat_answers_sensibly_out_of_the_box_and_counts_model_calls(monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("What is the capital of France?\n/stats\n"))
-    assert main(["llm", "chat", "--max-new-tokens", "16"]) == 0
+    assert main(["llm", "chat", "--method", "plain", "--max-new-tokens", "16"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("chat (plain decoding, context 8192 tokens)")
     assert "Paris" in lines[1]

@@ -130,9 +130,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         head.add_argument("--batch-size", type=int, default=8, help="sequences per step")
         head.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
         head.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-        head.add_argument(
-            "--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP
-        )
+        head.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
         head.add_argument("--text-dir", type=Path, default=None, help="train on this text instead")
         head.add_argument("--max-bytes", type=int, default=3_000_000, help="corpus text to read (0 = all)")
         head.add_argument("--seed", type=int, default=0, help="random seed")
@@ -211,6 +209,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     ft.add_argument("--eval-size", type=int, default=100, help="test examples decoded for the metrics")
     ft.add_argument("--seed", type=int, default=0, help="random seed (data and training)")
     ft.set_defaults(func=_llm_finetune)
+
     def data_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--model", type=Path, default=None, help="HF model directory or GGUF file [SmolLM2-135M-Instruct]"

@@ -125,9 +125,7 @@ def _register_video(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     tr.add_argument("--batch-size", type=int, default=8, help="clips per step")
     tr.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     tr.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW decoupled weight decay")
-    tr.add_argument(
-        "--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP
-    )
+    tr.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     tr.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes")
     tr.add_argument(
         "--on-error", choices=["skip", "raise"], default="skip", help="a corrupt, empty or missing video"
@@ -291,9 +289,7 @@ def _video_train(args: argparse.Namespace) -> int:
             f"{100 * info['val']['mean_class_accuracy']:.2f} %"
         )
     if info["num_skipped"]:
-        echo(
-            f"skipped {info['num_skipped']} entries that could not be loaded:", *info["skipped"], sep="\n  "
-        )
+        echo(f"skipped {info['num_skipped']} entries that could not be loaded:", *info["skipped"], sep="\n  ")
     echo(f"checkpoint: {info['out']}")
     return 0
 

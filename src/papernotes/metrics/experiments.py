@@ -9,9 +9,6 @@ so this experiment imports no field.
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,6 +24,7 @@ from papernotes.core.experiments import (
     judge,
     ratio,
 )
+from papernotes.core.timing import median_seconds
 from papernotes.metrics.segmentation import SegmentationMetrics, plain_counts
 
 IGNORE = 255
@@ -37,16 +35,6 @@ SEG_SIZES: dict[str, dict[str, Any]] = {
 }
 METHOD = "Segmentation metrics"
 GOAL_MPIX_PER_S = 200.0  # issue 20: a confusion matrix is memory-bound; hundreds of Mpx/s on 2 cores
-
-
-def _seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: page faults and lazy initialisation are not the steady state
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run_segmentation_metrics(ctx: ExperimentContext) -> ExperimentResult:
@@ -71,10 +59,10 @@ def run_segmentation_metrics(ctx: ExperimentContext) -> ExperimentResult:
     )
     identical = bool(np.array_equal(matrix.numpy(), reference))
     pixels = target.numel() / 1e6
-    t_ours = _seconds(ours, size["repeats"])
+    t_ours = median_seconds(ours, size["repeats"])
     wide_t, wide_p = target.long(), pred.long()  # the plain path needs int64 indices
-    t_plain = _seconds(lambda: plain_counts(wide_t, wide_p, C, IGNORE), size["repeats"])
-    t_read = _seconds(lambda: (target.sum(), pred.sum()), size["repeats"])  # one read of the same bytes
+    t_plain = median_seconds(lambda: plain_counts(wide_t, wide_p, C, IGNORE), size["repeats"])
+    t_read = median_seconds(lambda: (target.sum(), pred.sum()), size["repeats"])  # one read of the same bytes
     rates = {
         "ours": pixels / t_ours,
         "plain bincount (int64)": pixels / t_plain,

@@ -9,6 +9,9 @@ Not a paper method: the shared harness that makes the methods comparable (same d
   the dataset skipped (``on_error="skip"``) even when DataLoader workers did the skipping.
 * :func:`evaluate` averages the logits of V test clips per video (TSN's multi-clip testing) and returns
   logits and labels for ``metrics.classification``.
+* :func:`pair_accuracy` measures the order claim directly: for each pair of classes that differ only in
+  temporal order, the accuracy on that pair's test clips when the model picks between the two classes
+  alone (argmax over the pair's two logits). Chance, and the ceiling of an order-blind model, is 50 %.
 * :func:`profile_recognizer` gives parameters, FLOPs (``torch.utils.flop_counter``: convolutions and matrix
   products, the convention of the papers' FLOP tables) and CPU latency per clip.
 """
@@ -256,6 +259,30 @@ def evaluate(
     keep = torch.tensor(sorted(first.values()), dtype=torch.long)
     skipped = [str(dataset.entries[i].path) for i in range(len(dataset)) if i not in first]
     return {"logits": logits_t[keep], "labels": labels_t[keep], "index": index_t[keep], "skipped": skipped}
+
+
+def pair_accuracy(
+    logits: torch.Tensor, labels: torch.Tensor, pairs: list[tuple[int, int]] | list[list[int]]
+) -> list[float | None]:
+    """Per pair (a, b): the fraction of clips labelled a or b whose logit of the true class beats the other's.
+
+    logits (N, C), labels (N,). A pair with no test clip gives None (nothing to judge). Ties count as wrong,
+    so a model with constant logits scores 0, not 50 %.
+    """
+    accuracies: list[float | None] = []
+    for a, b in pairs:
+        if not (0 <= a < logits.shape[1] and 0 <= b < logits.shape[1]) or a == b:
+            raise ConfigError(f"pair ({a}, {b}): expected two different classes of the {logits.shape[1]}")
+        chosen = (labels == a) | (labels == b)
+        if not chosen.any():
+            accuracies.append(None)
+            continue
+        rows, truth = logits[chosen], labels[chosen]  # (n, C), (n,)
+        other = torch.where(truth == a, b, a)  # the pair's other class
+        own_logit = rows.gather(1, truth[:, None])[:, 0]
+        other_logit = rows.gather(1, other[:, None])[:, 0]
+        accuracies.append((own_logit > other_logit).float().mean().item())
+    return accuracies
 
 
 def _as_dict(inputs: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

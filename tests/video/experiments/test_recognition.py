@@ -34,7 +34,8 @@ def test_video_recognition_reports_every_model_and_reuses_its_cache(tmp_path, ca
     # every accuracy is sklearn's on the test predictions the run scored; order-sensitive classes per the
     # benchmark's classes.json
     (data,) = (ctx.cache_dir / "video").glob("synthetic-*")
-    classes = json.loads((data / "classes.json").read_text())["classes"]
+    table = json.loads((data / "classes.json").read_text())
+    classes, pairs = table["classes"], table["pairs"]
     order_sensitive = np.array([c["order_sensitive"] for c in classes])
     for name, out in zip(names, scored):
         row = runs[name]
@@ -49,29 +50,45 @@ def test_video_recognition_reports_every_model_and_reuses_its_cache(tmp_path, ca
         assert row["mean_class_accuracy"] == pytest.approx(balanced_accuracy_score(labels, predicted))
         assert row["order_top1"] == pytest.approx(accuracy_score(labels[chosen], predicted[chosen]))
         assert row["appearance_top1"] == pytest.approx(accuracy_score(labels[~chosen], predicted[~chosen]))
+        # pair accuracy: sklearn's accuracy of the argmax over each pair's two logits, on that pair's clips
+        for (a, b), measured in zip(pairs, row["pairs"].values(), strict=True):
+            mine = np.isin(labels, (a, b))
+            picked = np.where(logits[mine, a] > logits[mine, b], a, b)
+            assert measured == pytest.approx(accuracy_score(labels[mine], picked))
+        assert row["pair_accuracy"] == pytest.approx(np.mean(list(row["pairs"].values())))
         (run_dir,) = (ctx.cache_dir / "video").glob(f"recognition-*/{name}")
         cached, _ = load_recognizer(run_dir)
         assert row["params"] == sum(p.numel() for p in cached.parameters()) and row["skipped"] == 0
-    # the table shows the same numbers
-    for table_row, r in zip(result.tables[0].rows, result.metrics["runs"]):
+    # the tables show the same numbers
+    for table_row, r in zip(result.tables[0].rows, result.metrics["runs"], strict=True):
         assert table_row == [
             r["model"],
             100 * r["top1"],
-            100 * r["order_top1"],
-            r["order_top1_vs_tsn"],
+            100 * r["pair_accuracy"],
             100 * r["appearance_top1"],
             r["params"] / 1e6,
-            r["flops"] / 1e9,
+            r["flops"] / 1e6,
+            r["flops"] / runs["tsn"]["flops"],
             r["latency_ms"],
             r["train_s"],
         ]
-    overhead = 100 * (result.metrics["tsm_latency_vs_tsn"] - 1)
-    assert any(n.startswith("goal TSM latency overhead") and f"{overhead:+.1f} %" in n for n in result.notes)
-    assert any(n.startswith("goal TSM FLOPs = TSN FLOPs") and "(met)" in n for n in result.notes)
+    for table_row, r in zip(result.tables[1].rows, result.metrics["runs"], strict=True):
+        assert table_row == [r["model"], *(100 * v for v in r["pairs"].values()), 100 * r["pair_accuracy"]]
+    # goals are judged from these rows, each on a card of the experiment
+    goals = {(g.method, g.claim): g for g in result.goals}
+    flops = goals[("TSM", "TSM adds zero FLOPs to TSN")]
+    assert flops.verdict == "met" and flops.measured == 1.0
+    latency = goals[("TSM", "TSM's latency overhead over TSN is small")]
+    assert latency.measured == pytest.approx(100 * (result.metrics["tsm_latency_vs_tsn"] - 1))
+    blind = goals[("TSN", "TSN's average consensus is blind to temporal order: pair accuracy at chance")]
+    assert blind.measured == pytest.approx(100 * runs["tsn"]["pair_accuracy"])
+    assert {g.method for g in result.goals} == {"TSN", "TSM", "Two-Stream"}
+    assert result.trained == names and result.reused == []
     for figure in result.figures:
         assert (ctx.out_dir / figure).stat().st_size > 1000
-    # the second run loads the trained models from the cache: same predictions
+    # the second run loads the trained models from the cache: same predictions, same recorded times
     again = run_video_recognition(ctx)
+    assert again.trained == [] and again.reused == ["benchmark data and flow", *names]
     assert [r["top1"] for r in again.metrics["runs"]] == [r["top1"] for r in result.metrics["runs"]]
     assert all(torch.equal(a["logits"], b["logits"]) for a, b in zip(scored[len(names) :], scored))
     assert torch.tensor([r["train_s"] for r in again.metrics["runs"]]).equal(

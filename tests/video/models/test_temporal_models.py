@@ -31,6 +31,14 @@ def test_every_recognizer_gives_logits_and_gradients_to_every_parameter(name):
     logits.logsumexp(-1).sum().backward()
     # dropout zeroes whole features but never all of them: every parameter gets a gradient
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    if name == "tam":
+        # TAM's global branch ends in a zero-weight layer (its identity start), which passes no gradient to
+        # the layers before it until its weights move: like LoRA's B = 0. One SGD step later, it does.
+        assert no_grad and all(".tam.glob." in n for n in no_grad), no_grad
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
+        model.zero_grad()
+        model(inputs(model)).logsumexp(-1).sum().backward()
+        no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not no_grad, no_grad
 
 
@@ -120,3 +128,53 @@ def test_flow_stream_matches_input_size_after_pooling():
     with torch.no_grad():
         assert model(torch.randn(1, K * 5, 3, 33, 35)).shape == (1, 5)
     assert F.avg_pool2d(torch.zeros(1, 1, 33, 35), 2, ceil_mode=True).shape[-2:] == (17, 18)
+
+
+@torch.no_grad()
+def test_tam_starts_as_the_identity_along_time():
+    """The fix: every global kernel starts at (0, 1, 0), not at a blur, so TANet starts as TSN with the
+    local branch's gating, whatever the input (the global branch's last layer has zero weights)."""
+    torch.manual_seed(0)
+    T, C = 4, 16
+    tam = TemporalAdaptiveModule(C, T).eval()
+    x = torch.randn(3 * T, C, 5, 5)
+    pooled = x.view(3, T, C, 5, 5).mean(dim=(3, 4)).transpose(1, 2)  # (N, C, T)
+    kernel = tam.glob(pooled.reshape(-1, T))  # (N·C, 3)
+    assert (kernel[:, 1] > 0.99).all() and torch.allclose(kernel[:, 0], kernel[:, 2])
+    importance = tam.local(pooled).transpose(1, 2).reshape(3 * T, C, 1, 1)  # (N·T, C, 1, 1)
+    torch.testing.assert_close(tam(x), x * importance * kernel[0, 1], atol=0.02, rtol=0.02)
+    # the aggregation reads no neighbour yet: after a change to frame 0, every frame is still itself times
+    # its gate (the local branch's gate does see the neighbours, by design)
+    changed = x.clone()
+    changed[0] += 1.0
+    pooled = changed.view(3, T, C, 5, 5).mean(dim=(3, 4)).transpose(1, 2)  # (N, C, T)
+    importance = tam.local(pooled).transpose(1, 2).reshape(3 * T, C, 1, 1)  # (N·T, C, 1, 1)
+    torch.testing.assert_close(tam(changed), changed * importance * kernel[0, 1], atol=0.02, rtol=0.02)
+    assert not torch.allclose(tam(changed), x * importance * kernel[0, 1], atol=0.02, rtol=0.02)
+
+
+@torch.no_grad()
+def test_tdn_modules_sit_where_the_official_code_puts_them():
+    """The fix: L-TDM and a TSM-initialised channel shift on the residual branch of every block of stages
+    2-4 (none in stage 1), S-TDM fused after the stem and after layer1 with α, β = 0.75, 0.25 at K = 4."""
+    from papernotes.video.models.tdn import LongTermTDM, TDMConv2d, TemporalChannelShift
+    from papernotes.video.models.tsm import temporal_shift
+
+    model = build_recognizer("tdn", 5, K)
+    net = model.backbone
+    assert model.fusion == (0.75, 0.25) and build_recognizer("tdn", 5, 8).fusion == (0.5, 0.5)
+    assert not any(isinstance(m, LongTermTDM) for m in net.layer1.modules())
+    for stage in (net.layer2, net.layer3, net.layer4):
+        assert all(isinstance(block.conv2, TDMConv2d) for block in stage)
+    assert len([m for m in model.modules() if isinstance(m, LongTermTDM)]) == 6  # ResNet-18: 2 per stage
+    # the shift starts as TSM's shift exactly (the official ShiftModule, mode "shift"), then learns
+    shift = TemporalChannelShift(32, K)
+    x = torch.randn(2 * K, 32, 3, 3)
+    torch.testing.assert_close(shift(x), temporal_shift(x, K), rtol=0, atol=0)
+    # L-TDM is the identity on a clip whose segments do not change, once its neighbour convolution is the
+    # identity too (then every difference is 0, and σ(0) − ½ = 0)
+    tdm = LongTermTDM(64, K).eval()
+    tdm.neighbour.weight.zero_()
+    tdm.neighbour.weight[:, 0, 1, 1] = 1.0
+    static = torch.randn(2, 1, 64, 4, 4).expand(2, K, 64, 4, 4).reshape(2 * K, 64, 4, 4)
+    torch.testing.assert_close(tdm(static), static)

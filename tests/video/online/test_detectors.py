@@ -49,17 +49,50 @@ def test_scores_never_read_the_future_and_the_loss_trains_every_parameter(name):
 
 
 @pytest.mark.parametrize("name", ["oadtr", "idn"])
-def test_window_models_forget_frames_older_than_the_window(name):
+def test_window_models_forget_frames_older_than_their_history(name):
     torch.manual_seed(0)
     model = build_detector(name, "tiny").eval()
-    W = model.cfg.window
-    x = session(30)
+    # IDN: its window; OadTR: (encoder layers + 1) sliding windows of W − 1 frames, and the position
+    # convolution's kernel
+    reach = model.history
+    cfg = model.cfg
+    assert reach == (cfg.window if name == "idn" else 2 * (cfg.window - 1) + cfg.position_kernel)
+    x = session(reach + 10)
     changed = x.clone()
     changed[:, 0] += 5.0
     with torch.no_grad():
         a, b = model(x)[0], model(changed)[0]
-    torch.testing.assert_close(a[W:], b[W:], rtol=0, atol=0)  # frame W no longer sees frame 0
-    assert not torch.allclose(a[:W], b[:W])
+    torch.testing.assert_close(a[reach:], b[reach:], rtol=0, atol=0)  # frame reach no longer sees frame 0
+    assert not torch.allclose(a[reach - 1], b[reach - 1])  # frame reach − 1 still does
+
+
+def test_oadtr_one_pass_equals_a_forward_per_window():
+    """Training scores all frames of a chunk in one masked pass; each must equal the score of a forward
+    over that frame's own window (the frames it depends on), as a per-window model computes it."""
+    torch.manual_seed(0)
+    model = build_detector("oadtr", "tiny").eval()
+    x = session(40)
+    R = model.history
+    with torch.no_grad():
+        one_pass, future = model(x, return_future=True)
+        for t in range(40):
+            window = x[:, max(0, t - R + 1) : t + 1]
+            alone, alone_future = model(window, return_future=True)
+            torch.testing.assert_close(one_pass[0, t], alone[0, -1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(future[0, t], alone_future[0, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_oadtr_streams_many_sessions_at_once_with_bounded_caches():
+    torch.manual_seed(0)
+    model = build_detector("oadtr", "tiny").eval()
+    x = torch.randn(3, 30, D, generator=torch.Generator().manual_seed(2))
+    stream = model.stream()
+    streamed = torch.stack([stream.step(x[:, t]) for t in range(30)], dim=1)  # (3, 30, C): 3 streams
+    with torch.no_grad():
+        torch.testing.assert_close(streamed, model(x), atol=1e-5, rtol=1e-4)
+    W = model.cfg.window
+    for keys, values in stream.encoder_cache + stream.decoder_cache:  # the W − 1 newest frames, no more
+        assert keys.shape[-2] == values.shape[-2] == W - 1
 
 
 def test_oadtr_future_loss_targets_the_next_frames():

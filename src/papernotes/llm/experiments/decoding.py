@@ -30,6 +30,7 @@ import torch
 
 from papernotes.core.cache import is_current, mark_current, recipe_key
 from papernotes.core.experiments import ExperimentContext, ExperimentResult
+from papernotes.core.timing import median_seconds
 from papernotes.core.train import short_run, train
 from papernotes.llm.data.prompts import KINDS, chat_prompts, distillation_prompts
 from papernotes.llm.experiments.decoding_report import decoding_goals, notes, plot_cost, plot_speed, tables
@@ -54,6 +55,7 @@ from papernotes.llm.generation.medusa.train import state_topk_accuracy, train_me
 from papernotes.llm.generation.speculative import speculative_generate
 from papernotes.llm.model.llama import Llama
 from papernotes.llm.training.pretrain import save_model_dir
+from papernotes.nn.linear_tuning import tune_linears
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +193,8 @@ def run_decoding(ctx: ExperimentContext) -> ExperimentResult:
             f"self-distillation data: {data.num_tokens} tokens ({train_s['self-distillation data']:.0f} s)"
         ]
 
+    # part 0: each projection's fastest matrix form per row count, measured once per machine (cached)
+    tuning = tune_linears(target, rows=size["cost_widths"], repeats=size["cost_repeats"] + 2)
     # measured costs decide γ, the tree and the chain: on this machine, every run
     cost = measure_forward_cost(target, size["cost_widths"], repeats=size["cost_repeats"])
     draft, _ = load_draft(target, dirs["draft"])
@@ -217,6 +221,7 @@ def run_decoding(ctx: ExperimentContext) -> ExperimentResult:
             "cost": {str(w): s for w, s in cost.seconds.items()},
             "cost_relative": {str(w): r for w, r in cost.relative().items()},
             "choices": choices,
+            "kernel_forms": tuning.as_dict(),
             "memory_limit_tokens_per_s": limit,
             "plain_tokens_per_s": plain,
             "train_seconds": train_s,
@@ -224,7 +229,13 @@ def run_decoding(ctx: ExperimentContext) -> ExperimentResult:
         },
         tables=tables(rows, cost, choices, limit, plain),
         figures=figures,
-        notes=notes(base, size, choices),
+        notes=[
+            *notes(base, size, choices),
+            f"each projection's matrix form is chosen by measurement (tune_linears, {tuning.seconds:.0f} s): "
+            f"{tuning.extra_bytes / 2**20:.0f} MiB of weight copies beside "
+            f"{tuning.weight_bytes / 2**20:.0f} MiB of weights; plain decoding, the baseline, runs on "
+            "the same tuned model",
+        ],
         goals=decoding_goals(rows, cost, plain, limit),
         trained=trained,
         reused=[] if not set(keys) - set(stale) else [f"{n} ({dirs[n]})" for n in keys if n not in stale],
@@ -314,17 +325,6 @@ def measure_acceptance(
     }
 
 
-def _seconds(fn: Any, repeats: int = 5) -> float:
-    """Median seconds of ``fn()`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 @torch.inference_mode()
 def _choose(
     base: Base,
@@ -348,9 +348,9 @@ def _choose(
     target = base.model
     ids = torch.randint(0, target.config.vocab_size, (1, 1), generator=torch.Generator().manual_seed(seed))
     cache = draft.setup_cache(1, 8)
-    draft_s = _seconds(lambda: (draft(ids, cache=cache), cache.crop(0)))
+    draft_s = median_seconds(lambda: (draft(ids, cache=cache), cache.crop(0)))
     hidden = torch.zeros(target.config.hidden_size)
-    heads_s = _seconds(lambda: heads(hidden))
+    heads_s = median_seconds(lambda: heads(hidden))
     gamma, gamma_rates = choose_gamma(cost, draft_s, [accepted.get("draft_top1", 0.0)])
     topk = torch.tensor(accepted.get("medusa_topk") or [[0.0]])
     tree, tree_rates = choose_tree(cost, topk, heads_s)
@@ -414,5 +414,5 @@ def _memory_limit(model: Llama) -> float:
     """Tokens/s if a decoding step cost only one read of the weights at the measured bandwidth."""
     weights = [p for p in model.parameters()]
     nbytes = sum(p.numel() * p.element_size() for p in weights)
-    seconds = _seconds(lambda: [p.sum() for p in weights], repeats=3)  # one pass over every weight
+    seconds = median_seconds(lambda: [p.sum() for p in weights], repeats=3)  # one pass over every weight
     return 1.0 / seconds if seconds > 0 and nbytes else float("nan")

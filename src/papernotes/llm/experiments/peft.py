@@ -41,6 +41,7 @@ from papernotes.core.cache import (
 )
 from papernotes.core.config import to_dict
 from papernotes.core.experiments import ExperimentContext, ExperimentResult, Goal, Table, judge, ratio
+from papernotes.core.precision import resolve_precision
 from papernotes.errors import DataError
 from papernotes.llm.data.tasks import table2text
 from papernotes.llm.experiments.target import Base, ensure_base
@@ -204,7 +205,8 @@ def run_peft(ctx: ExperimentContext) -> ExperimentResult:
     goals = peft_goals(rows, latency)
     example = task["test"][0]
     notes = [
-        f"base {base.path.name}: {base.model.num_parameters() / 1e6:.1f} M parameters, fp32; "
+        f"base {base.path.name}: {base.model.num_parameters() / 1e6:.1f} M parameters, trained in "
+        f"{resolve_precision('auto')} (precision auto: bf16 only where the CPU has it natively); "
         f"{size['steps']} steps of {size['batch_size']} examples for every run, AdamW, LR per method "
         f"{finetune.DEFAULT_LR}; {len(task['train'])} training records of ≤ {size['max_slots']} slots, "
         f"{len(task['test'])} test records with {len(example.references)} references each; greedy decoding, "
@@ -220,6 +222,7 @@ def run_peft(ctx: ExperimentContext) -> ExperimentResult:
             r["run"],
             r.get("trainable_parameters", 0),
             r.get("trainable_percent", 0.0),
+            r.get("stored_parameters", 0),
             r.get("stored_percent", 0.0),
             r.get("optimizer_state_bytes", 0) / 1024,
             1000 * r["step_s"] if "step_s" in r else None,
@@ -239,6 +242,7 @@ def run_peft(ctx: ExperimentContext) -> ExperimentResult:
                     "run",
                     "trainable params",
                     "trainable %",
+                    "stored params",
                     "stored %",
                     "optimizer state KiB",
                     "ms/step",

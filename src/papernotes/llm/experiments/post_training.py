@@ -42,6 +42,7 @@ from papernotes.core.cache import (
     write_record,
 )
 from papernotes.core.experiments import ExperimentContext, ExperimentResult, Goal, Table, judge, ratio
+from papernotes.core.precision import resolve_precision
 from papernotes.llm.data.prompts import chat_prompts
 from papernotes.llm.data.tasks.instructions import (
     Instruction,
@@ -89,7 +90,7 @@ POST_SIZES: dict[str, dict[str, Any]] = {
         "train_size": 2000,
         "test_size": 70,
         "validation_size": 28,
-        "sft_steps": 16,
+        "sft_steps": 20,
         "full_sft": False,
         "rows": 8,
         "max_length": 128,
@@ -155,6 +156,7 @@ def run_post_training(ctx: ExperimentContext) -> ExperimentResult:
     trained: list[str] = []
     reused: list[str] = [f"{base.path.name} (dequantised)"]
     timings: dict[str, float] = {}
+    losses: dict[str, list[float]] = {}  # training losses of the stages trained in this run
     rows: list[dict[str, Any]] = []
     per_task: dict[str, dict[str, float]] = {}
     samples: list[dict[str, Any]] = []
@@ -220,7 +222,7 @@ def run_post_training(ctx: ExperimentContext) -> ExperimentResult:
             reused.append(f"{name} adapter ({directory})")
         else:
             t0 = time.perf_counter()
-            train_fn(model)
+            losses[name] = train_fn(model)
             timings[name] = time.perf_counter() - t0
             lora.save_adapter(model, directory, base_model_name_or_path=str(base.directory))
             mark_current(directory, stage_key)
@@ -231,7 +233,7 @@ def run_post_training(ctx: ExperimentContext) -> ExperimentResult:
     model = base.fresh()
     sft_conversations = [conversation(e) for e in data["train"]]
 
-    def train_sft(m: Llama) -> None:
+    def train_sft(m: Llama) -> list[float]:
         config = sft.SFTConfig(
             method="lora",
             lora=SFT_LORA,
@@ -241,7 +243,7 @@ def run_post_training(ctx: ExperimentContext) -> ExperimentResult:
             lr=LR["sft"],
             seed=ctx.seed,
         )
-        sft.sft(m, base.tokenizer, sft_conversations, config, chat=base.chat)
+        return sft.sft(m, base.tokenizer, sft_conversations, config, chat=base.chat).train_losses
 
     model = stage("sft", model, train_sft)
     sampled = _sample(ctx, folder, key, model, base, data, size)
@@ -266,7 +268,9 @@ def run_post_training(ctx: ExperimentContext) -> ExperimentResult:
                 lr=LR["sft-full"],
                 seed=ctx.seed,
             )
-            sft.sft(full, base.tokenizer, sft_conversations, config, chat=base.chat)
+            losses["sft-full"] = sft.sft(
+                full, base.tokenizer, sft_conversations, config, chat=base.chat
+            ).train_losses
             timings["sft-full"] = time.perf_counter() - t0
             trained.append("sft-full (every weight)")
         score("sft-full", full, held_out)
@@ -278,7 +282,7 @@ def run_post_training(ctx: ExperimentContext) -> ExperimentResult:
     rest = [conversation(e) for e in data["train"][size["rs_prompts"] :]]
     mixture = kept + rest[: max(len(kept), 4 * size["rows"])]
 
-    def train_rs(m: Llama) -> None:
+    def train_rs(m: Llama) -> list[float]:
         config = sft.SFTConfig(
             method="lora",
             lora=SFT_LORA,
@@ -288,13 +292,14 @@ def run_post_training(ctx: ExperimentContext) -> ExperimentResult:
             lr=LR["rs-sft"],
             seed=ctx.seed + 1,
         )
-        sft.sft(m, base.tokenizer, mixture, config, chat=base.chat)
+        return sft.sft(m, base.tokenizer, mixture, config, chat=base.chat).train_losses
 
     model = stage("rs-sft", model, train_rs)
     score("rs-sft", model, held_out)
     unseen = sum(e.unseen for e in data["test"])
     notes = [
-        f"base {base.path.name}, fp32, every prompt in its ChatML template (with its default system line); "
+        f"base {base.path.name}, trained in {resolve_precision('auto')} (precision auto), every prompt in "
+        "its ChatML template (with its default system line); "
         f"{len(data['train'])} training conversations, {len(data['test'])} test examples ({unseen} in "
         f"held-out phrasings), greedy, ≤ {size['max_new_tokens']} new tokens",
         f"SFT: LoRA r = {SFT_LORA.r} on every linear layer, {size['sft_steps']} steps of {size['rows']} "
@@ -311,7 +316,7 @@ def run_post_training(ctx: ExperimentContext) -> ExperimentResult:
     if pairs:
         reference_logps_from = model  # the RS-SFT model is the frozen reference: scored before LoRA attaches
 
-        def train_dpo(m: Llama) -> None:
+        def train_dpo(m: Llama) -> list[float]:
             config = preference.DPOConfig(
                 steps=size["dpo_steps"],
                 batch_size=size["dpo_batch"],
@@ -320,7 +325,7 @@ def run_post_training(ctx: ExperimentContext) -> ExperimentResult:
                 lora=lora.LoraConfig(r=8, lora_alpha=16, target_modules=lora.ALL_LINEAR),
                 seed=ctx.seed,
             )
-            preference.dpo(m, reference_logps_from, base.tokenizer, pairs, config, chat=base.chat)
+            return preference.dpo(m, reference_logps_from, base.tokenizer, pairs, config, chat=base.chat)
 
         model = stage("dpo", model, train_dpo)
         score("dpo", model, held_out)
@@ -342,6 +347,7 @@ def run_post_training(ctx: ExperimentContext) -> ExperimentResult:
             "samples": samples,
             "general_replies": {"prompts": general, **replies},
             "timings": timings,
+            "train_losses": losses,
             "rejection": {
                 "pass_at_k": rs["pass_at_k"],
                 "sample_accuracy": rs["sample_accuracy"],

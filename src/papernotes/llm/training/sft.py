@@ -82,8 +82,8 @@ def encode_conversations(
             check_conversation(messages, need_assistant=True)
         except DataError as exc:
             raise DataError(f"conversation {i}: {exc}") from exc
-        ids = encode_chat(tokenizer, messages, chat=chat)
-        encoded.append(Encoded(ids.ids, 0, ids.assistant_mask))
+        rendered = encode_chat(tokenizer, messages, chat=chat)
+        encoded.append(Encoded(rendered.ids, 0, rendered.assistant_mask))
     return encoded
 
 

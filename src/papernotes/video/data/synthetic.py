@@ -50,7 +50,7 @@ from papernotes.video.data.video_io import default_codec, write_frames, write_vi
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "papernotes-synthetic-video-1"
+FORMAT = "papernotes-synthetic-video-2"  # 2: the clips of a pair are twins (same seed, same split)
 SPLITS = {"train": 0.6, "val": 0.2, "test": 0.2}
 # A foreground process: (rng, size S, num_frames T) -> (alpha (T, S, S) float32 in [0, 1], RGB colour (3,))
 Process = Callable[[np.random.Generator, int, int], tuple[np.ndarray, np.ndarray]]
@@ -351,16 +351,21 @@ def _split_counts(n: int) -> dict[str, int]:
 def _write_class(tmp: Path, class_id: int, params: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Render and write every clip of one class; returns (split, video list line, rawframe list line) rows.
 
-    Clip i is drawn from the seed sequence (seed, class_id, i) and the split assignment from (seed, class_id),
-    so the result does not depend on which process writes which class.
+    Clip i is drawn from the seed sequence (seed, base, i) and the split assignment from (seed, base), where
+    base is the first class of the clip's order pair (the class itself otherwise). So clip i of class B is
+    exactly clip i of class A played backwards, in the same split: every training clip has its reversed
+    twin, and an order-blind model scores exactly 50 % on the test twins. The result does not depend on
+    which process writes which class.
     """
-    name, seed, n = CLASSES[class_id].name, params["seed"], params["clips_per_class"]
+    spec = CLASSES[class_id]
+    name, seed, n = spec.name, params["seed"], params["clips_per_class"]
+    base = spec.opposite if spec.reverse else class_id
     counts = _split_counts(n)
-    order = np.random.default_rng([seed, class_id]).permutation(n)
+    order = np.random.default_rng([seed, base]).permutation(n)
     split_of = np.repeat(list(counts), list(counts.values()))[np.argsort(order)]  # (n,) split of clip i
     rows = []
     for i in range(n):
-        rng = np.random.default_rng([seed, class_id, i])
+        rng = np.random.default_rng([seed, base, i])
         frames = render_clip(class_id, rng, params["size"], params["num_frames"])  # (T, S, S, 3)
         stem = f"{name}/{name}_{i:04d}"
         write_video(tmp / "videos" / f"{stem}.mp4", frames, params["fps"], params["codec"], atomic=False)
@@ -401,6 +406,7 @@ def make_synthetic(
         raise ConfigError(f"size must be even (video encoders halve the chroma planes), got {size}")
     render_clip(0, 0, size, num_frames)  # validates size and num_frames before any folder is made
     params = {
+        "format": FORMAT,
         "clips_per_class": clips_per_class,
         "seed": seed,
         "size": size,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -97,6 +98,26 @@ def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
     raise DataError(f"cannot decode video {path} ({'; '.join(reasons)})")
 
 
+def read_video_times(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a video into uint8 RGB frames (N, H, W, 3) and their presentation times (N,) in seconds,
+    counted from the first frame.
+
+    PyAV reads each frame's timestamp (pts x time base), so variable and fractional frame rates (23.976,
+    29.97) come out exact; where a frame has none, or with OpenCV, frame i is at i / fps.
+    """
+    path = Path(path)
+    frames = read_video(path)
+    times = None
+    if av is not None:
+        with contextlib.suppress(Exception), av.open(str(path)) as container:
+            stamps = [frame.time for frame in container.decode(video=0)]
+            if len(stamps) == len(frames) and all(t is not None for t in stamps):
+                times = np.asarray(stamps, dtype=np.float64)
+    if times is None:
+        times = np.arange(len(frames), dtype=np.float64) / video_fps(path)
+    return frames, times - times[0]
+
+
 # ----------------------------------------------------------------------------------------------- encoding
 
 
@@ -132,10 +153,20 @@ def _check_frames(frames: np.ndarray, what: str) -> np.ndarray:
     return frames
 
 
-def _write_pyav(path: Path, frames: np.ndarray, fps: int, codec: str, container_format: str) -> None:
+def frame_rate(fps: float) -> Fraction:
+    """``fps`` as an exact ratio: the NTSC rates 23.976, 29.97 and 59.94 are N·1000/1001 (24000/1001 ...),
+    others the nearest fraction with a denominator up to 1001."""
+    ntsc = round(fps * 1.001)
+    if abs(fps * 1.001 - ntsc) < 1e-3 and abs(fps - ntsc) > 1e-3:
+        return Fraction(ntsc * 1000, 1001)
+    return Fraction(fps).limit_denominator(1001)
+
+
+def _write_pyav(path: Path, frames: np.ndarray, fps: float, codec: str, container_format: str) -> None:
     height, width = frames.shape[1:3]
+    rate = frame_rate(fps)
     with av.open(str(path), "w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=fps)
+        stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if codec in ("libx264", "h264"):
             # near-lossless; "ultrafast" because the frames are small and there are many files
@@ -149,7 +180,7 @@ def _write_pyav(path: Path, frames: np.ndarray, fps: int, codec: str, container_
         container.mux(stream.encode())  # flush the encoder's delayed frames
 
 
-def _write_opencv(path: Path, frames: np.ndarray, fps: int) -> None:
+def _write_opencv(path: Path, frames: np.ndarray, fps: float) -> None:
     height, width = frames.shape[1:3]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
@@ -162,9 +193,11 @@ def _write_opencv(path: Path, frames: np.ndarray, fps: int) -> None:
 
 
 def write_video(
-    path: str | Path, frames: np.ndarray, fps: int = 16, codec: str | None = None, atomic: bool = True
+    path: str | Path, frames: np.ndarray, fps: float = 16, codec: str | None = None, atomic: bool = True
 ) -> Path:
     """Encode uint8 RGB frames (N, H, W, 3) into a video file (container from the suffix, pixels yuv420p).
+
+    ``fps`` may be fractional: 23.976 and 29.97 are stored as 24000/1001 and 30000/1001.
 
     ``codec`` is a PyAV encoder name ("libx264", "mpeg4", ...); the default is :func:`default_codec`.
     H and W must be even (yuv420p halves the chroma planes). With ``atomic`` the file appears under its

@@ -4,6 +4,12 @@ Not a paper method. Every recognizer builds on a torchvision model created with 
 downloaded); a user who has the weights file (for example torchvision's ``resnet50-0676ba61.pth``, or a
 ``.safetensors`` export) passes its path as ``pretrained``.
 
+``"slim-resnet10"`` is the backbone of the default ``reproduce`` size: torchvision's ResNet with its
+``BasicBlock``, one block per stage and widths 16-32-64-128 instead of 64-128-256-512 (about 1/16 of
+ResNet-18's FLOPs at 1/6 of its depth). It has the same attributes (``conv1``, ``layer1`` ... ``layer4``) and
+forward, so every temporal module attaches to it exactly as to ResNet-18; it exists because ResNet-18 from
+scratch does not converge in the minutes that 2 CPU cores allow. No pretrained weights exist for it.
+
 Cross-modality initialisation (TSN, Wang et al. 2016, arXiv:1608.00859, §3.2): a network whose first
 convolution takes a different number of input channels than the RGB weights (2·L optical-flow channels, or
 TDN's stacked RGB differences) averages the RGB kernel over its 3 input channels and replicates that mean
@@ -24,11 +30,49 @@ from papernotes.errors import CheckpointError, ConfigError, ShapeMismatchError
 
 logger = logging.getLogger(__name__)
 
+SLIM_WIDTHS = (16, 32, 64, 128)  # channels of the four stages of "slim-resnet10"
+
+
+class SlimResNet(torchvision.models.ResNet):
+    """torchvision's ResNet made of ``BasicBlock``s with stage widths ``widths`` and ``blocks`` per stage.
+
+    torchvision's constructor fixes the widths at 64-128-256-512, so this one builds the same modules
+    (stem, ``_make_layer`` stages, pooling, classifier) with other widths; ``forward`` is torchvision's.
+    """
+
+    def __init__(
+        self, widths: tuple[int, ...] = SLIM_WIDTHS, blocks: tuple[int, ...] = (1, 1, 1, 1), **kwargs
+    ) -> None:
+        nn.Module.__init__(self)
+        if kwargs.pop("weights", None) is not None:
+            raise ConfigError("slim-resnet10 has no pretrained weights; pass pretrained=PATH to a local file")
+        self._norm_layer = nn.BatchNorm2d
+        self.inplanes, self.dilation, self.groups, self.base_width = widths[0], 1, 1, 64
+        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        block = torchvision.models.resnet.BasicBlock
+        self.layer1 = self._make_layer(block, widths[0], blocks[0])
+        self.layer2 = self._make_layer(block, widths[1], blocks[1], stride=2)
+        self.layer3 = self._make_layer(block, widths[2], blocks[2], stride=2)
+        self.layer4 = self._make_layer(block, widths[3], blocks[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(widths[3], 1000)
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet18": torchvision.models.resnet18,
     "resnet50": torchvision.models.resnet50,
+    "slim-resnet10": SlimResNet,
 }
-FEATURE_DIMS = {"resnet18": 512, "resnet50": 2048}
+FEATURE_DIMS = {"resnet18": 512, "resnet50": 2048, "slim-resnet10": SLIM_WIDTHS[-1]}
 # classifier tensors of the source checkpoint: the recognizer owns its own classifier
 _HEAD_PREFIXES = ("fc.",)
 

@@ -14,7 +14,17 @@ Idea: pool each frame's feature map to one value per channel, x̂ (N, C, T), and
 α = 2, β = 4, K = 3 (the paper's defaults). TANet inserts TAM after conv1 of each residual block. Here it
 runs at the input of each block's conv2, which receives exactly conv1 -> BN -> ReLU: the wrapped
 convolution keeps its state-dict names, so ImageNet ResNet weights load unchanged, and the branches sit
-under ``...conv2.tam``.
+under ``...conv2.tam``. Branches, placement and normalisation are those of the official code
+(liu-zhy/temporal-adaptive-module, ``ops/temporal_module.py``).
+
+Initialisation (our change). With PyTorch's default initialisation (the official code's) the global
+branch's logits are small, so every kernel starts near (1/3, 1/3, 1/3): a temporal blur in every block.
+Four stacked blurs over K = 4 segments average the clip before anything can compare its frames, and a blur
+is the same forwards and backwards, so training from scratch never found the order (pair accuracy at
+chance, like TSN). Here the last layer of the global branch gets a bias, initialised with zero weights to
+the logits (−3, 3, −3): every kernel starts at ≈ (0, 1, 0), the identity along time, so TANet starts as
+TSN with the local branch's per-frame gating and learns how much of its neighbours each channel mixes in
+(``test_tam_starts_as_the_identity_along_time``).
 
 Dimension letters: N clips, T frames (segments), C channels, H x W pixels.
 """
@@ -32,6 +42,7 @@ from papernotes.video.models.tsn import TSN
 ALPHA = 2  # global branch: hidden width α·T
 BETA = 4  # local branch: channel reduction C / β
 KERNEL = 3  # K: size of the adaptive temporal kernel
+IDENTITY_LOGIT = 3.0  # initial logit of the centre tap (the others −3): softmax ≈ (0.0025, 0.995, 0.0025)
 
 
 class TemporalAdaptiveModule(nn.Module):
@@ -56,9 +67,14 @@ class TemporalAdaptiveModule(nn.Module):
             nn.Linear(num_segments, num_segments * alpha, bias=False),
             nn.BatchNorm1d(num_segments * alpha),
             nn.ReLU(inplace=True),
-            nn.Linear(num_segments * alpha, kernel, bias=False),
+            nn.Linear(num_segments * alpha, kernel),
             nn.Softmax(dim=-1),
         )
+        last = self.glob[3]
+        with torch.no_grad():  # start every kernel at the identity along time (module docstring)
+            last.weight.zero_()
+            last.bias.fill_(-IDENTITY_LOGIT)
+            last.bias[kernel // 2] = IDENTITY_LOGIT
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nt, c, h, w = x.shape

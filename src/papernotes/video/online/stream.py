@@ -12,6 +12,7 @@ many of them are real, so that a stream's first frames see the same left padding
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -104,3 +105,18 @@ def stream_scores(detector: nn.Module, features: torch.Tensor) -> torch.Tensor:
     """Feed one session (T, D) frame by frame through ``detector.stream()``; scores (T, C+1)."""
     stream = detector.stream()
     return torch.stack([stream.step(features[t]) for t in range(len(features))])
+
+
+@torch.no_grad()
+def stream_rate(detector: nn.Module, features: torch.Tensor, warmup: int = 0) -> float:
+    """Frames per second of ``detector.stream()`` over ``features[warmup:]`` (T, D), after stepping through
+    the first ``warmup`` frames untimed (so that window caches are full, as in a long stream)."""
+    if not 0 <= warmup < len(features):
+        raise DataError(f"warmup must leave frames to time: {warmup} of {len(features)}")
+    stream = detector.stream()
+    for t in range(warmup):
+        stream.step(features[t])
+    start = time.perf_counter()
+    for t in range(warmup, len(features)):
+        stream.step(features[t])
+    return (len(features) - warmup) / (time.perf_counter() - start)

@@ -5,9 +5,10 @@ Not a paper method: the shared harness that makes the detectors comparable.
 * :class:`ChunkBatches` gives ``core.train`` random chunks (B, L, D) of the training sessions with their
   per-frame labels (B, L); which chunks is a pure function of (seed, step). Each detector's ``loss`` is its
   paper's loss on the chunk; a chunk starts from an empty history, as TRN's training does.
-* :func:`score_session` scores a whole session offline, in pieces of bounded memory. For window models
-  (OadTR, IDN) a piece carries the W − 1 frames before it, so the scores are exactly the full-session
-  ones; recurrent and convolutional models read the whole session in one pass.
+* :func:`score_session` scores a whole session offline, in pieces of bounded memory. For models whose score
+  reads a bounded history (``model.history`` frames: IDN's window, OadTR's stacked sliding windows) a piece
+  carries the ``history − 1`` frames before it, so the scores are exactly the full-session ones; recurrent
+  and convolutional models read the whole session in one pass.
 * :func:`score_sessions` concatenates the scores and labels of a list of sessions for
   ``metrics.online_detection``.
 """
@@ -72,15 +73,15 @@ def detector_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
 @torch.no_grad()
 def score_session(model: nn.Module, features: torch.Tensor, piece: int = 1024) -> torch.Tensor:
     """Offline scores (T, C+1) of one session (T, D), computed in pieces of ``piece`` frames when the model
-    reads a bounded window (so memory stays bounded on long sessions), in one pass otherwise."""
+    reads a bounded history (so memory stays bounded on long sessions), in one pass otherwise."""
     model.eval()
     T = len(features)
-    window = getattr(model.cfg, "window", None)
-    if window is None or piece >= T:
+    history = getattr(model, "history", None)
+    if history is None or piece >= T:
         return model(features[None])[0]
     parts = []
     for start in range(0, T, piece):
-        context = max(0, start - (window - 1))  # the frames the first scored frame can still see
+        context = max(0, start - (history - 1))  # the frames the first scored frame can still see
         scores = model(features[None, context : start + piece])[0]  # (L, C+1)
         parts.append(scores[start - context :])
     return torch.cat(parts)

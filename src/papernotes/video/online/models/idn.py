@@ -46,7 +46,7 @@ class IDNConfig:
     hidden: int = 512  # H
     dropout: float = 0.1
     margin: float = 1.0  # m of the contrastive loss
-    contrastive_weight: float = 1.0  # λ
+    contrastive_weight: float = 0.3  # λ (REFERENCES: the contrastive term weighted 0.3)
 
 
 PRESETS = {
@@ -66,6 +66,12 @@ class IDN(nn.Module):
         self.candidate_x, self.candidate_h = nn.Linear(E, H), nn.Linear(H, H, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(H, cfg.num_classes)
+        self.early_classifier = nn.Linear(E, cfg.num_classes)  # §3.3: keeps e_0 discriminative
+
+    @property
+    def history(self) -> int:
+        """How many frames (the current one included) a score depends on: the window W."""
+        return self.cfg.window
 
     def read_windows(self, windows: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows (N, W, D), the last ``valid`` (N,) frames real -> scores (N, C+1), embeddings (N, W, E)."""
@@ -101,12 +107,15 @@ class IDN(nn.Module):
         windows, valid = sliding_windows(features, W)
         scores, e = self.read_windows(windows, valid)
         loss = F.cross_entropy(scores, targets.reshape(-1), ignore_index=ignore_index)
+        early = self.early_classifier(self.dropout(e[:, -1]))  # (B·T, C+1) from the current frame alone
+        loss = loss + F.cross_entropy(early, targets.reshape(-1), ignore_index=ignore_index)
         # labels of every window slot; padded slots and ignored labels take no part
         padded = torch.cat((targets.new_full((B, W - 1), ignore_index), targets), dim=1)  # (B, W − 1 + T)
         slot_labels = padded.unfold(1, W, 1).reshape(B * T, W)  # (B·T, W)
         current = slot_labels[:, -1:]  # (B·T, 1)
         usable = (slot_labels != ignore_index) & (current != ignore_index)
-        distance = (e - e[:, -1:]).norm(dim=-1)  # (B·T, W)
+        unit = F.normalize(e, dim=-1)
+        distance = (unit - unit[:, -1:]).norm(dim=-1)  # (B·T, W)
         same = slot_labels == current
         pairwise = torch.where(same, distance.square(), F.relu(self.cfg.margin - distance).square())
         contrastive = pairwise[usable].mean() if usable.any() else distance.sum() * 0
