@@ -68,8 +68,8 @@ def test_decoding_goals_are_computed_from_the_rows():
     cost = CostCurve({1: 1.0, 5: 1.1}, context=128)
     goals = {g.claim.split(":")[0]: g for g in decoding_goals(rows, cost, plain=20.0, limit=25.0)}
     verdicts = [g.verdict for g in decoding_goals(rows, cost, plain=20.0, limit=25.0)]
-    assert verdicts == ["met", "missed", "met", "missed", "met", "met", "met", "met", "met", "missed", "met"]
-    assert goals["MTP"].measured == 6 / 8
+    assert verdicts == ["met", "missed", "met", "missed", "met", "met", "met", "met", "met", "met", "met"]
+    assert goals["MTP"].measured == 8 / 10  # the first draft position: the second token
     # a missing run, zero against zero, and a broken greedy output
     rows = [r for r in rows if r["method"] not in ("lookup", "hf-plain")] + [
         _decode_row("hf-plain", "open", 0, 0)

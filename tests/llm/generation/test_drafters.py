@@ -8,7 +8,7 @@ import torch
 from papernotes.core.train import short_run, train
 from papernotes.llm.data.chat_format import LLAMA3, add_chat_tokens
 from papernotes.llm.generation import medusa, mtp
-from papernotes.llm.generation.distill import DistillBatches, collect
+from papernotes.llm.generation.distill import DistillBatches, collect, predicts_reply, reply_tokens
 from papernotes.llm.generation.draft import (
     DistillModel,
     DraftConfig,
@@ -48,6 +48,25 @@ def test_self_distillation_records_equal_a_plain_forward_of_the_sequences(setup)
     assert all(start < len(ids) for start, ids in zip(data.reply_starts, data.ids))
 
 
+def test_drafters_are_trained_and_scored_on_the_reply_tokens_only(setup):
+    """The prompts share a system line and formulaic requests; a drafter never drafts them, so batches mark
+    the reply (positions from each sequence's reply start) and the guesses of reply tokens."""
+    _, _, data = setup
+    batch = DistillBatches(data, 3, 512, seed=0)(0)  # whole sequences
+    for i in range(3):
+        n = int(batch["mask"][i].sum())
+        row = next(
+            r
+            for r, ids in enumerate(data.ids)
+            if len(ids) == n and torch.equal(ids, batch["input_ids"][i, :n])
+        )
+        start = data.reply_starts[row]
+        assert not batch["reply"][i, :start].any() and batch["reply"][i, start:n].all()
+        assert not batch["reply"][i, n:].any()
+        guesses = predicts_reply(batch)[i]
+        assert not guesses[: start - 1].any() and guesses[start - 1 : n - 1].all()
+
+
 def test_a_draft_of_every_target_layer_is_the_target(setup):
     _, model, _ = setup
     draft = draft_from_target(model, DraftConfig(layers=(0, 1, 2)))
@@ -71,7 +90,7 @@ def test_distill_loss_is_cross_entropy_to_the_renormalised_teacher_and_training_
         head.logits(draft(batch["input_ids"], attention_mask=batch["mask"], logits=False)), -1
     )
     total, positions = 0.0, 0
-    for b, t in batch["mask"].nonzero().tolist():
+    for b, t in predicts_reply(batch).nonzero().tolist():  # the guesses of reply tokens only
         inside = torch.isin(batch["top_ids"][b, t], vocab)
         if not inside.any():
             continue
@@ -109,7 +128,8 @@ def test_medusa_losses_on_stored_states_equal_the_losses_through_the_base(setup)
     for head in heads.heads:
         torch.nn.init.normal_(head.blocks[0].linear.weight, std=0.02)
     batch = DistillBatches(data, 2, 512, seed=1)(0)  # whole sequences: the same context as the base sees
-    labels = batch["input_ids"].masked_fill(~batch["mask"], -100)[:, 1:]  # next-token labels (B, T - 1)
+    # next-token labels (B, T - 1), on the reply's tokens only
+    labels = batch["input_ids"].masked_fill(~reply_tokens(batch), -100)[:, 1:]
     through_base = medusa_head_losses(model, heads, batch["input_ids"][:, :-1], labels)
     from_states = medusa_state_losses(heads, batch)
     for a, b in zip(through_base, from_states):
@@ -137,7 +157,7 @@ def test_mtp_state_loss_equals_the_loss_through_the_base_and_a_chain_stays_exact
     modules = mtp.add_mtp_modules(model, mtp.MTPConfig(depth=1))
     batch = DistillBatches(data, 2, 512, seed=2)(0)
     ids = batch["input_ids"]
-    labels = ids.masked_fill(~batch["mask"], -100)[:, 1:]
+    labels = ids.masked_fill(~reply_tokens(batch), -100)[:, 1:]
     frozen = mtp.mtp_losses(model.requires_grad_(False), modules, ids[:, :-1], labels, train_base=False)
     state_loss, _ = mtp.mtp_state_loss(model, modules, batch, depths=1)
     torch.testing.assert_close(state_loss, frozen.depths[0], atol=1e-5, rtol=1e-4)

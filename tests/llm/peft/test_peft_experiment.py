@@ -74,7 +74,13 @@ def test_tiny_experiment_runs_on_the_base_and_reuses_its_cache(tmp_path):
     assert runs["prefix L=2"]["stored_parameters"] < runs["prefix L=2"]["trainable_parameters"]  # MLP dropped
     assert runs["full"]["optimizer_state_bytes"] > 8 * 100e6  # AdamW's two moments for all 135 M weights
     assert runs["lora r=2"]["optimizer_state_bytes"] < 8 * runs["lora r=2"]["trainable_parameters"] + 4096
-    assert set(result.metrics["latency"]) == {"base", "lora r=2 unmerged", "lora r=2 merged"}
+    assert set(result.metrics["latency"]) == {
+        "base",
+        "base, a second copy",
+        "lora r=2 unmerged",
+        "lora r=2 merged",
+    }
+    assert result.metrics["latency"]["base"]["ratio_to_base"] == 1.0
     assert [g.verdict in ("met", "missed", "not judged") for g in result.goals] == [True] * 4
     assert result.trained == list(runs) and (ctx.out_dir / "peft_comparison.png").is_file()
     again = peft.run_peft(ExperimentContext("tiny", tmp_path / "out2", tmp_path / "cache"))

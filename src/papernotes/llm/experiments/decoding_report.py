@@ -36,8 +36,10 @@ def decoding_goals(
     hf_assisted = [m for m in {r["method"] for r in rows} if m.startswith("hf-assisted")]
     best_hf = max((rate(m) or 0.0 for m in hf_assisted), default=None) or None
     mtp_rows = _greedy(rows, "mtp")
-    proposed = sum(r["proposed_by_position"][1] for r in mtp_rows if len(r["proposed_by_position"]) > 1)
-    accepted = sum(r["accepted_by_position"][1] for r in mtp_rows if len(r["accepted_by_position"]) > 1)
+    # DeepSeek-V3's "second token" is the module's first draft: the target gives token t + 1 and the
+    # module, at depth 1, predicts t + 2. So its acceptance is the first draft position's.
+    proposed = sum(r["proposed_by_position"][0] for r in mtp_rows if r["proposed_by_position"])
+    accepted = sum(r["accepted_by_position"][0] for r in mtp_rows if r["accepted_by_position"])
     lossless = [
         r
         for r in rows

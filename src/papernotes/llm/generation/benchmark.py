@@ -12,7 +12,7 @@ token for token: a lossless method must match on every prompt.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -55,10 +55,12 @@ def benchmark_decoders(
     temperatures: Sequence[float] = (0.0, 0.8),
     max_new_tokens: int = 64,
     seed: int = 0,
+    sampled: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (decoder, temperature) with tokens/s, τ, α, speedup over ``plain`` and exactness.
 
-    ``decoders`` must contain ``"plain"``; it runs first at each temperature.
+    ``decoders`` must contain ``"plain"``; it runs first at each temperature. ``sampled`` names the
+    decoders that also run at temperatures above 0 (None: all of them); the others run greedy only.
     """
     if "plain" not in decoders:
         raise ValueError("benchmark_decoders needs a 'plain' decoder as the baseline")
@@ -66,6 +68,8 @@ def benchmark_decoders(
     for temperature in temperatures:
         config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         names = ["plain", *[n for n in decoders if n != "plain"]]
+        if temperature > 0 and sampled is not None:
+            names = [n for n in names if n == "plain" or n in sampled]
         baseline: dict[str, Any] | None = None
         for name in names:
             logger.info("decoding benchmark: %s at temperature %s", name, temperature)

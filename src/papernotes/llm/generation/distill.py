@@ -113,9 +113,12 @@ def collect(
 class DistillBatches:
     """Deterministic training batches of windows of the distillation sequences (``core.train``'s BatchFn).
 
-    ``batches(step, micro_step)`` -> {"input_ids" (b, L), "mask" (b, L) bool, "top_ids" (b, L, k),
-    "top_probs" (b, L, k), "hidden" (b, L, E)}, right-padded; a window of at most ``seq_len`` tokens per
-    sequence, drawn from a generator seeded by (seed, step, micro_step), so a resumed run is exact.
+    ``batches(step, micro_step)`` -> {"input_ids" (b, L), "mask" (b, L) bool, "reply" (b, L) bool,
+    "top_ids" (b, L, k), "top_probs" (b, L, k), "hidden" (b, L, E)}, right-padded; a window of at most
+    ``seq_len`` tokens per sequence, drawn from a generator seeded by (seed, step, micro_step), so a resumed
+    run is exact. "mask" marks real tokens (the context every model attends to); "reply" marks the tokens
+    of the target's reply, the only ones a drafter is trained and scored on: the prompts share one system
+    line and formulaic requests, which a drafter learns by heart and never drafts at decoding time.
     """
 
     def __init__(self, data: DistillData, micro_batch_size: int, seq_len: int, seed: int = 0) -> None:
@@ -135,6 +138,7 @@ class DistillBatches:
         batch = {
             "input_ids": torch.zeros(b, L, dtype=torch.long),
             "mask": torch.zeros(b, L, dtype=torch.bool),
+            "reply": torch.zeros(b, L, dtype=torch.bool),
             "top_ids": torch.zeros(b, L, k, dtype=torch.long),
             "top_probs": torch.zeros(b, L, k),
             "hidden": torch.zeros(b, L, E),
@@ -143,7 +147,20 @@ class DistillBatches:
             n = end - start
             batch["input_ids"][i, :n] = self.data.ids[row][start:end]
             batch["mask"][i, :n] = True
+            batch["reply"][i, :n] = torch.arange(start, end) >= self.data.reply_starts[row]
             batch["top_ids"][i, :n] = self.data.top_ids[row][start:end]
             batch["top_probs"][i, :n] = self.data.top_probs[row][start:end]
             batch["hidden"][i, :n] = self.data.hidden[row][start:end]
         return batch
+
+
+def reply_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(b, L) bool: the real tokens that belong to a reply (all real tokens for a batch without "reply")."""
+    return batch["mask"] & batch.get("reply", batch["mask"])
+
+
+def predicts_reply(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(b, L) bool: the positions whose next token is a reply token, the targets of a next-token guess
+    (the last position of a window keeps its own flag: its next token lies past the window)."""
+    reply = reply_tokens(batch)
+    return torch.cat((reply[:, 1:], reply[:, -1:]), dim=1) & batch["mask"]

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from papernotes.errors import ConfigError
+from papernotes.llm.generation.distill import predicts_reply
 from papernotes.llm.generation.frequent_vocab import VocabHead
 from papernotes.llm.model.llama import Llama
 from papernotes.nn.kv_cache import KVCache
@@ -100,7 +101,7 @@ def distill_loss(model: Llama, head: VocabHead, batch: dict[str, torch.Tensor]) 
     index = _head_index(head, batch["top_ids"])  # (B, L, k): row of each teacher token in the head, or -1
     p = batch["top_probs"] * (index >= 0)  # teacher mass outside the K tokens is dropped ...
     mass = p.sum(-1, keepdim=True)  # (B, L, 1)
-    keep = batch["mask"] & (mass[..., 0] > 0)
+    keep = predicts_reply(batch) & (mass[..., 0] > 0)  # the guesses of reply tokens only
     p = p / mass.clamp(min=1e-12)  # ... and the rest renormalised
     ce = -(p * log_q.gather(-1, index.clamp(min=0))).sum(-1)  # (B, L)
     count = int(keep.sum())

@@ -48,6 +48,7 @@ from torch import nn
 from papernotes.core.checkpoint import load_weights
 from papernotes.core.train import IGNORE_INDEX
 from papernotes.errors import CheckpointError, ConfigError, DataError
+from papernotes.llm.generation.distill import reply_tokens
 from papernotes.llm.generation.frequent_vocab import VocabHead
 from papernotes.llm.generation.generate import DecodeLoop, DecodeStats, GenerationConfig, check_prompt
 from papernotes.llm.generation.sampling import logits_to_probs, sample, verify_draft
@@ -347,7 +348,7 @@ def mtp_state_loss(
     targets outside them, and padding, are ignored.
     """
     ids = batch["input_ids"]
-    targets = ids.masked_fill(~batch["mask"], IGNORE_INDEX)
+    targets = ids.masked_fill(~reply_tokens(batch), IGNORE_INDEX)  # scored on reply tokens only
     if head is not None and head.tokens is not None:
         lookup = torch.full((head.vocab_size,), IGNORE_INDEX, dtype=torch.long)
         lookup[head.tokens] = torch.arange(head.size)
@@ -379,7 +380,7 @@ def depth_accuracy(
     """Per draft depth, how often the module's top-1 (teacher-forced, on stored states) is the next token."""
     hits, counts = [0] * depths, [0] * depths
     for batch in batches:
-        ids, mask = batch["input_ids"], batch["mask"]
+        ids, mask = batch["input_ids"], reply_tokens(batch)  # scored on reply tokens only
         T = ids.shape[1]
         hidden = batch["hidden"].to(modules.layers[0].eh_proj.weight.dtype)
         for k in range(1, depths + 1):

@@ -101,6 +101,9 @@ class LoraLinear(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight
         self.bias = base.bias
+        # the wrapped module itself, unregistered (a tuple, not a submodule: the state dict keeps its
+        # names): merge_and_unload puts it back, with its class and any per-shape kernel plan it carries
+        self._unwrapped = (base,)
         self.weight.requires_grad_(False)
         if self.bias is not None:
             self.bias.requires_grad_(False)
@@ -205,13 +208,18 @@ def unmerge_lora(model: nn.Module) -> None:
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
-    """Merge and replace each LoRA layer by a plain ``nn.Linear``: the base architecture, no overhead."""
+    """Merge and put back the layer each LoRA layer wrapped: the base architecture, no overhead.
+
+    The merged weight is the wrapped layer's own Parameter (merged in place), so the layer comes back
+    as it was, with its class: a ``fast_linear.Linear`` keeps its kernel plan, which a fresh
+    ``nn.Linear`` would lose.
+    """
     for name, layer in lora_layers(model).items():
         layer.merge()
         parent_name, _, child = name.rpartition(".")
-        plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
-        plain.weight, plain.bias = layer.weight, layer.bias  # the merged Parameters themselves, no copy
-        setattr(model.get_submodule(parent_name), child, plain)
+        (original,) = layer._unwrapped
+        original.weight, original.bias = layer.weight, layer.bias  # the merged Parameters, no copy
+        setattr(model.get_submodule(parent_name), child, original)
     return model
 
 

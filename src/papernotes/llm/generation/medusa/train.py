@@ -24,6 +24,7 @@ from torch import nn
 
 from papernotes.core.train import IGNORE_INDEX, BatchFn, TrainConfig, TrainResult, ValBatchFn, train
 from papernotes.errors import ConfigError, DataError
+from papernotes.llm.generation.distill import reply_tokens
 from papernotes.llm.generation.medusa.heads import Batch, MedusaHeads, check_heads_fit
 from papernotes.llm.generation.medusa.tree import TreePath, greedy_tree
 from papernotes.llm.model.llama import Llama
@@ -141,7 +142,7 @@ def calibrate_tree(
 
 def _state_targets(heads: MedusaHeads, batch: Batch) -> torch.Tensor:
     """Token ids (B, T) in the heads' label space; padding and tokens outside a shared vocab are ignored."""
-    targets = batch["input_ids"].masked_fill(~batch["mask"], IGNORE_INDEX)
+    targets = batch["input_ids"].masked_fill(~reply_tokens(batch), IGNORE_INDEX)  # reply tokens only
     if heads.config.share_lm_head and heads.vocab.numel():
         lookup = torch.full((heads.base_config.vocab_size,), IGNORE_INDEX, dtype=torch.long)
         lookup[heads.vocab] = torch.arange(heads.vocab.numel())
