@@ -59,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ROWS = (1, 2, 5, 9, 17, 33, 65)  # one token, then the draft/tree sizes of the decoders
 COLD_BYTES = 64 * 2**20  # > 2 × this machine's 32 MB L3: cycled weights come from memory
+MAX_COPIES = 256  # at most this many cycled copies of one weight shape
 TUNING_VERSION = 3  # bump when the measurement changes meaning, so that old records are ignored
 
 
@@ -150,14 +151,16 @@ def time_forms(
 ) -> dict[int, dict[str, float]]:
     """Median seconds of one product y = x Wᵀ per M in ``rows`` and form, with W read from memory.
 
-    Random weights of shape (N, K) are cycled, as many as fill ``cold_bytes``; every form uses the
-    same weights (and its own copies of them). Rounds interleave the forms, rotating their order.
-    Past ``max_seconds`` for the shape, each remaining M gets a single round (a loaded machine can
-    make one product take milliseconds; the tuning must still end).
+    Random weights of shape (N, K) are cycled, as many as fill ``cold_bytes`` (at most ``MAX_COPIES``);
+    every form uses the same weights (and its own copies of them). Rounds interleave the forms,
+    rotating their order. Past ``max_seconds`` for the shape, each remaining M gets a single round (a
+    loaded machine can make one product take milliseconds; the tuning must still end).
     """
     start = time.perf_counter()
     weight_bytes = out_features * in_features * torch.empty((), dtype=dtype).element_size()
-    count = max(1, math.ceil(cold_bytes / weight_bytes))
+    # capped: a weight small enough to need more copies (under 256 KiB at the default) would sit in the
+    # caches in real use too, and thousands of copies of it made the tuning of a tiny model take minutes
+    count = min(MAX_COPIES, max(1, math.ceil(cold_bytes / weight_bytes)))
     generator = torch.Generator().manual_seed(seed)
     weights = [
         (torch.randn(out_features, in_features, generator=generator) / in_features**0.5).to(dtype)

@@ -29,6 +29,24 @@ def test_streaming_equals_offline_on_a_long_session(name):
     torch.testing.assert_close(stream_scores(model, x[0, :50]), offline[:50], atol=1e-5, rtol=1e-4)
 
 
+def test_oadtr_streams_its_offline_scores_with_tuned_matrix_forms(tmp_path, monkeypatch):
+    """The stream's projections in their measured-fastest forms (oneDNN packed, transposed copies ...) sum in
+    other orders than F.linear: the scores stay the offline ones to fp32 tolerance."""
+    monkeypatch.setenv("PAPERNOTES_CACHE", str(tmp_path))  # the tuning cache
+    torch.manual_seed(0)
+    model = build_detector("oadtr", "tiny").eval()
+    x = session(60)
+    offline = model(x)[0]
+    report = model.tune_for_streaming(2)
+    assert report.shapes  # every projection shape was measured
+    torch.testing.assert_close(stream_scores(model, x[0]), offline, atol=1e-5, rtol=1e-4)
+    streams = model.stream()
+    both = torch.stack([streams.step(f) for f in torch.stack((x[0], x[0]), dim=1)])  # 2 streams at once
+    torch.testing.assert_close(both[:, 0], offline, atol=1e-5, rtol=1e-4)
+    # with autograd on, F.linear runs (on a weight the tuning may have stored column-major: rounding only)
+    torch.testing.assert_close(model(x)[0], offline, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", sorted(DETECTORS))
 def test_scores_never_read_the_future_and_the_loss_trains_every_parameter(name):
     torch.manual_seed(0)

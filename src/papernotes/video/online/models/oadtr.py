@@ -43,6 +43,8 @@ from torch import nn
 
 from papernotes.core.train import IGNORE_INDEX
 from papernotes.errors import DataError
+from papernotes.nn import fast_linear
+from papernotes.nn.linear_tuning import TuneReport, tune_linears
 from papernotes.video.online.stream import check_features
 
 
@@ -98,9 +100,9 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, window: int | None = None):
         super().__init__()
         self.heads = heads
-        self.query = nn.Linear(dim, dim)
-        self.key_value = nn.Linear(dim, 2 * dim)
-        self.out = nn.Linear(dim, dim)
+        self.query = fast_linear.Linear(dim, dim)
+        self.key_value = fast_linear.Linear(dim, 2 * dim)
+        self.out = fast_linear.Linear(dim, dim)
         # (H, W + 1): slots 0 .. W − 1 for keys that many frames back, slot W for the task token's own key
         self.bias = nn.Parameter(alibi_bias(heads, window)) if window is not None else None
 
@@ -126,7 +128,9 @@ class Attention(nn.Module):
 
 
 def _feed_forward(dim: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
+    return nn.Sequential(
+        fast_linear.Linear(dim, 4 * dim), nn.ReLU(), nn.Dropout(dropout), fast_linear.Linear(4 * dim, dim)
+    )
 
 
 class EncoderLayer(nn.Module):
@@ -176,7 +180,7 @@ class OadTR(nn.Module):
         super().__init__()
         self.cfg = cfg
         E = cfg.dim
-        self.project = nn.Linear(cfg.feature_dim, E)
+        self.project = fast_linear.Linear(cfg.feature_dim, E)
         # order enters the tokens as a causal depth-wise convolution over the projected frames (a
         # convolutional position encoding: Chu et al. 2021, arXiv:2102.10882), relative and so cacheable
         self.position = nn.Conv1d(E, E, cfg.position_kernel, groups=E)
@@ -188,8 +192,8 @@ class OadTR(nn.Module):
         nn.init.trunc_normal_(self.queries, std=0.02)
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.norm = nn.LayerNorm(E)
-        self.future_classifier = nn.Linear(E, cfg.num_classes)
-        self.classifier = nn.Linear(2 * E, cfg.num_classes)
+        self.future_classifier = fast_linear.Linear(E, cfg.num_classes)
+        self.classifier = fast_linear.Linear(2 * E, cfg.num_classes)
 
     @property
     def history(self) -> int:
@@ -264,6 +268,18 @@ class OadTR(nn.Module):
         if self.training:
             raise DataError("call .eval() before streaming: dropout would make the scores random")
         return OadTRStream(self)
+
+    def tune_for_streaming(self, streams: int | tuple[int, ...] = 1) -> TuneReport:
+        """Choose each projection's fastest matrix form (``nn.linear_tuning``, measured once per machine and
+        cached) for the row counts a stream step feeds it: N streams give N rows to the input projection and
+        the classifiers, 2N to the encoder (the new frame and its task token) and Q·N to the decoder.
+
+        A step reads every weight for a handful of rows, where ``F.linear``'s default form runs far below the
+        memory limit on a CPU (issue 17, part 0); the forms only run with autograd off, as streaming does.
+        """
+        counts = (streams,) if isinstance(streams, int) else streams
+        rows = sorted({m * n for n in counts for m in (1, 2, self.cfg.future_steps)})
+        return tune_linears(self, rows=rows)
 
 
 class OadTRStream:
