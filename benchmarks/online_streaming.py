@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from papernotes.core.timing import median_seconds
 from papernotes.video.online.models import DETECTORS, build_detector
 from papernotes.video.online.stream import stream_rate
 
@@ -114,13 +114,8 @@ def _roofline(model: torch.nn.Module) -> dict[str, float]:
     weights = sum(p.numel() * p.element_size() for p in model.parameters())  # every weight is read per step
     big = torch.empty(64 * 2**20)  # 256 MB, far beyond the caches
     copy = torch.empty_like(big)
-    copy.copy_(big)
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        copy.copy_(big)
-        times.append(time.perf_counter() - start)
-    bandwidth = 2 * big.numel() * big.element_size() / statistics.median(times)  # read + write bytes/s
+    seconds = median_seconds(lambda: copy.copy_(big), repeats=5)  # after one warm-up copy
+    bandwidth = 2 * big.numel() * big.element_size() / seconds  # read + write bytes/s
     E = model.cfg.dim
     a, b = torch.randn(512, E), torch.randn(E, 4 * E)  # a compute-bound product of the model's shapes
     a @ b

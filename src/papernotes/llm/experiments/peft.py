@@ -347,13 +347,10 @@ def _latency(
                     models[name](nexts[name], cache=caches[name])
                     steps[name].append(time.perf_counter() - start)
                     caches[name].crop(prompt_len)
-    base_s = statistics.median(steps["base"])
+    median = {name: statistics.median(times) for name, times in steps.items()}
     return {
-        name: {
-            "ms_per_step": 1000 * statistics.median(times),
-            "ratio_to_base": statistics.median(times) / base_s,
-        }
-        for name, times in steps.items()
+        name: {"ms_per_step": 1000 * seconds, "ratio_to_base": seconds / median["base"]}
+        for name, seconds in median.items()
     }
 
 
