@@ -13,7 +13,6 @@ from papernotes.llm.generation.generate import GenerationConfig, generate
 from papernotes.llm.generation.mtp import (
     MTPConfig,
     MTPTrainingModel,
-    _draft,
     add_mtp_modules,
     load_mtp_modules,
     mtp_generate,
@@ -24,6 +23,7 @@ from papernotes.llm.generation.mtp import (
     save_mtp_modules,
     shared_logits,
 )
+from papernotes.llm.generation.mtp.decode import _draft
 from papernotes.llm.model.config import PRESETS
 from papernotes.llm.model.llama import Llama
 
