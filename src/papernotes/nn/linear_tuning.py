@@ -55,6 +55,8 @@ from papernotes.nn.fast_linear import (
     copies_needed,
 )
 
+KERNELS_DIR = "kernels"  # the timings' folder inside a cache folder
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROWS = (1, 2, 5, 9, 17, 33, 65)  # one token, then the draft/tree sizes of the decoders
@@ -295,7 +297,7 @@ def tune_linears(
     if forms is not None and (unknown := sorted(set(forms) - set(FORMS))):
         raise ConfigError(f"tune_linears: unknown forms {unknown}; expected some of {sorted(FORMS)}")
     start, report = time.perf_counter(), TuneReport(load=_load())
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "kernels"
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / KERNELS_DIR
     groups: dict[tuple[int, int, bool, torch.dtype], list[tuple[str, Linear]]] = {}
     for name, module in model.named_modules():
         if isinstance(module, Linear) and module.weight.device.type == "cpu":

@@ -42,3 +42,19 @@ def test_benchmark_reports_speedup_and_hf_greedy_matches_ours(model_dir):
     # same weights, same greedy rule: HF's plain and assisted generation reproduce our tokens
     assert by[("hf", 0.0)]["matches_plain"] and by[("hf-assisted", 0.0)]["matches_plain"]
     assert by[("hf", 0.8)]["matches_plain"] is None and by[("hf", 0.8)]["tokens"] == 36
+
+
+def test_warm_up_runs_each_decoder_once_more_unless_switched_off(model_dir):
+    model, _ = model_dir
+    calls = []
+
+    def plain(ids, cfg):
+        calls.append(cfg.max_new_tokens)
+        return generate(model, ids, cfg)
+
+    prompts = [torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    benchmark_decoders({"plain": plain}, prompts, temperatures=(0.0,), max_new_tokens=10)
+    assert calls == [8, 10, 10]  # a short warm-up, then one run per prompt
+    calls.clear()
+    benchmark_decoders({"plain": plain}, prompts, temperatures=(0.0,), max_new_tokens=10, warm_up=False)
+    assert calls == [10, 10]

@@ -36,10 +36,11 @@ def validation_prompts(
 
 
 def run_decoder(
-    decoder: Decoder, prompts: Sequence[torch.Tensor], config: GenerationConfig
+    decoder: Decoder, prompts: Sequence[torch.Tensor], config: GenerationConfig, warm_up: bool = True
 ) -> dict[str, Any]:
-    """Run ``decoder`` on every prompt; totals and the outputs."""
-    decoder(prompts[0], replace(config, max_new_tokens=min(8, config.max_new_tokens)))  # warm-up
+    """Run ``decoder`` on every prompt (after a short untimed warm-up run); totals and the outputs."""
+    if warm_up:
+        decoder(prompts[0], replace(config, max_new_tokens=min(8, config.max_new_tokens)))
     total = DecodeStats()
     outputs = []
     for i, prompt in enumerate(prompts):
@@ -56,11 +57,13 @@ def benchmark_decoders(
     max_new_tokens: int = 64,
     seed: int = 0,
     sampled: Collection[str] | None = None,
+    warm_up: bool = True,
 ) -> list[dict[str, Any]]:
     """One row per (decoder, temperature) with tokens/s, τ, α, speedup over ``plain`` and exactness.
 
     ``decoders`` must contain ``"plain"``; it runs first at each temperature. ``sampled`` names the
     decoders that also run at temperatures above 0 (None: all of them); the others run greedy only.
+    ``warm_up=False`` skips each decoder's warm-up run, for decoders already warmed by an earlier call.
     """
     if "plain" not in decoders:
         raise ValueError("benchmark_decoders needs a 'plain' decoder as the baseline")
@@ -73,7 +76,7 @@ def benchmark_decoders(
         baseline: dict[str, Any] | None = None
         for name in names:
             logger.info("decoding benchmark: %s at temperature %s", name, temperature)
-            result = run_decoder(decoders[name], prompts, config)
+            result = run_decoder(decoders[name], prompts, config, warm_up)
             baseline = baseline or result
             stats = result["stats"]
             rows.append(

@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from papernotes.core.experiments import ExperimentContext, ExperimentResult, Goal, Table, judge, ratio
 from papernotes.core.train import short_run, train
 from papernotes.metrics.online_detection import calibrated_map, per_frame_map
+from papernotes.nn.linear_tuning import KERNELS_DIR
 from papernotes.video.online.data.synthetic_streams import PRESETS as STREAM_PRESETS
 from papernotes.video.online.data.synthetic_streams import generate_streams
 from papernotes.video.online.models import build_detector
@@ -162,7 +163,8 @@ def run_online_detection(ctx: ExperimentContext) -> ExperimentResult:
             }
         )
     by_name = {r["model"]: r for r in rows}
-    paper_rtf = _paper_streaming(size["paper_stream_frames"]) if size["paper_stream_frames"] else None
+    frames = size["paper_stream_frames"]
+    paper_rtf = _paper_streaming(frames, ctx.cache_dir / KERNELS_DIR, ctx.use_cache) if frames else None
     figure = _timeline(test_sessions[0], scores_of, info.class_names, ignore, ctx.out_dir / "timeline.png")
     goals = online_goals(by_name, paper_rtf)
     return ExperimentResult(
@@ -231,12 +233,12 @@ def _streaming(model: torch.nn.Module, features: torch.Tensor) -> tuple[float, f
     return fps / FPS, float((streamed - offline).abs().max())
 
 
-def _paper_streaming(frames: int) -> float:
+def _paper_streaming(frames: int, kernels: Path, use_cache: bool) -> float:
     """OadTR at the paper's dimensions, one stream: x real time at 4 fps once its caches are full, each
     projection in its measured-fastest matrix form (``tune_for_streaming``, cached per machine)."""
     torch.manual_seed(0)
     model = build_detector("oadtr").eval()  # the "default" preset holds the paper's dimensions
-    model.tune_for_streaming(1)
+    model.tune_for_streaming(1, cache_dir=kernels, use_cache=use_cache)
     features = torch.randn(model.cfg.window - 1 + frames, model.cfg.feature_dim)
     return stream_rate(model, features, warmup=model.cfg.window - 1) / FPS
 

@@ -36,6 +36,7 @@ queries.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -269,17 +270,21 @@ class OadTR(nn.Module):
             raise DataError("call .eval() before streaming: dropout would make the scores random")
         return OadTRStream(self)
 
-    def tune_for_streaming(self, streams: int | tuple[int, ...] = 1) -> TuneReport:
+    def tune_for_streaming(
+        self, streams: int | tuple[int, ...] = 1, cache_dir: str | Path | None = None, use_cache: bool = True
+    ) -> TuneReport:
         """Choose each projection's fastest matrix form (``nn.linear_tuning``, measured once per machine and
         cached) for the row counts a stream step feeds it: N streams give N rows to the input projection and
         the classifiers, 2N to the encoder (the new frame and its task token) and Q·N to the decoder.
 
         A step reads every weight for a handful of rows, where ``F.linear``'s default form runs far below the
         memory limit on a CPU (issue 17, part 0); the forms only run with autograd off, as streaming does.
+        ``cache_dir`` and ``use_cache``: where the timings are kept (default: the kernels folder of the
+        default cache), as in ``tune_linears``.
         """
         counts = (streams,) if isinstance(streams, int) else streams
         rows = sorted({m * n for n in counts for m in (1, 2, self.cfg.future_steps)})
-        return tune_linears(self, rows=rows)
+        return tune_linears(self, rows=rows, cache_dir=cache_dir, use_cache=use_cache)
 
 
 class OadTRStream:
