@@ -236,9 +236,9 @@ def _register_oad(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
             parents=[common],
             help=text,
             description={
-                "extract": "Decode each video, cut it into chunks of (video fps / --fps) frames and write "
-                "the "
-                "mean ResNet feature of each chunk: <out>/<video stem>.npy, shape (T, D). D is 512 for "
+                "extract": "Decode each video, cut it by timestamp into chunks of 1 / --fps seconds (exactly "
+                "--fps features per second, whatever the video's frame rate) and write the mean ResNet "
+                "feature of each chunk: <out>/<video stem>.npy, shape (T, D). D is 512 for "
                 "resnet18 and 2048 for resnet50. Use --pretrained for local ImageNet weights.",
                 "stream": "Extract chunk features on the fly and feed them one at a time to a detector's "
                 "stream (exactly its offline scores). Prints the top class per step as JSON and, with --out, "

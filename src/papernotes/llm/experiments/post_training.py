@@ -246,7 +246,9 @@ def run_post_training(ctx: ExperimentContext) -> ExperimentResult:
         return sft.sft(m, base.tokenizer, sft_conversations, config, chat=base.chat).train_losses
 
     model = stage("sft", model, train_sft)
+    t0 = time.perf_counter()
     sampled = _sample(ctx, folder, key, model, base, data, size)
+    timings["rejection sampling"] = time.perf_counter() - t0  # near 0 when read from the cache
     rs, held_out = sampled["train"], sampled["held_out"]
     score("base", base.model, held_out)
     score("sft", model, held_out)
