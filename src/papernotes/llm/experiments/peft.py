@@ -320,8 +320,8 @@ def _latency(
     """
     merged = lora.merge_and_unload(_clone_lora(base, lora_model)).eval()
     r = _latency_rank(size)
-    # the baseline is a fresh copy, loaded as the LoRA models were: the shared base may carry kernel plans
-    # that another experiment tuned (llm-decoding's tune_linears), which would time the forms, not LoRA
+    # the baseline is a fresh copy, loaded as the LoRA models were, so that the ratio times LoRA alone and
+    # not a difference in how the weights sit in memory (llm-decoding gives the shared base back untuned)
     models = {
         "base": base.fresh().eval(),
         # a control: a second copy of the base, whose ratio is this machine's noise floor for the goal

@@ -235,7 +235,7 @@ def _streaming(model: torch.nn.Module, features: torch.Tensor) -> tuple[float, f
 
 def _paper_streaming(frames: int, kernels: Path, use_cache: bool) -> float:
     """OadTR at the paper's dimensions, one stream: x real time at 4 fps once its caches are full, each
-    projection in its measured-fastest matrix form (``tune_for_streaming``, cached per machine)."""
+    projection in its measured-fastest matrix form (``tune_for_streaming``, timings cached in ``kernels``)."""
     torch.manual_seed(0)
     model = build_detector("oadtr").eval()  # the "default" preset holds the paper's dimensions
     model.tune_for_streaming(1, cache_dir=kernels, use_cache=use_cache)
