@@ -4,7 +4,7 @@ zero against zero), and the tiny size runs end to end on SmolLM2-135M-Instruct, 
 import math
 
 from papernotes.core.experiments import ExperimentContext
-from papernotes.llm.experiments import post_training
+from papernotes.llm.experiments import post_training, post_training_report
 
 
 def _stage(name: str, accuracy: float, seen: float, unseen: float, preference: float, ppl: float) -> dict:
@@ -19,7 +19,7 @@ def _stage(name: str, accuracy: float, seen: float, unseen: float, preference: f
 
 
 def _verdicts(rows):
-    return [g.verdict for g in post_training.post_training_goals(rows)]
+    return [g.verdict for g in post_training_report.post_training_goals(rows)]
 
 
 def test_goals_are_met_when_each_stage_does_its_job():
@@ -29,7 +29,7 @@ def test_goals_are_met_when_each_stage_does_its_job():
         _stage("rs-sft", 0.55, 0.56, 0.50, 0.55, 11.5),
         _stage("dpo", 0.54, 0.55, 0.50, 0.70, 11.8),
     ]
-    goals = post_training.post_training_goals(rows)
+    goals = post_training_report.post_training_goals(rows)
     assert [g.verdict for g in goals] == ["met"] * 5
     assert math.isclose(goals[0].measured, 45.0) and math.isclose(goals[2].measured, 15.0)
     assert math.isclose(goals[3].measured, -1.0) and math.isclose(goals[4].measured, 1.18)
