@@ -69,3 +69,34 @@ def test_reset_empties_the_cache():
     assert cache.length == 0
     keys, _ = cache.update(0, torch.ones(1, 2, 1, 3), torch.ones(1, 2, 1, 3))
     assert keys.shape[2] == 1
+
+
+def test_repeat_rows_copies_each_row_r_times_and_the_copies_decode_apart():
+    cache = KVCache(num_layers=2, batch_size=2, num_kv_heads=1, max_length=4, head_dim=2)
+    k, v = torch.randn(2, 1, 3, 2), torch.randn(2, 1, 3, 2)
+    for layer in range(2):
+        cache.update(layer, k, v)
+    cache.advance(3)
+    repeated = cache.repeat_rows(3, max_length=6)
+    assert (repeated.batch_size, repeated.length, repeated.max_length) == (6, 3, 6)
+    for layer in range(2):
+        torch.testing.assert_close(repeated.keys[layer][:, :, :3], k.repeat_interleave(3, dim=0))
+        torch.testing.assert_close(repeated.values[layer][:, :, :3], v.repeat_interleave(3, dim=0))
+    new = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 1, 1, 2)
+    keys, _ = repeated.update(0, new, new)
+    assert torch.equal(keys[:, 0, 3, 0], torch.arange(6.0))  # each copy holds its own new token
+    torch.testing.assert_close(cache.keys[0][:, :, :3], k)  # the source cache is untouched
+    with pytest.raises(DataError, match="cannot hold the 3 filled slots"):
+        cache.repeat_rows(2, max_length=2)
+
+
+def test_keep_rows_drops_the_other_rows_in_order():
+    cache = KVCache(num_layers=1, batch_size=3, num_kv_heads=1, max_length=4, head_dim=1)
+    k = torch.arange(3.0).view(3, 1, 1, 1)
+    cache.update(0, k, -k)
+    cache.advance(1)
+    cache.keep_rows([2, 0])
+    assert cache.batch_size == 2 and cache.length == 1
+    assert cache.keys[0][:, 0, 0, 0].tolist() == [2.0, 0.0] and cache.values[0][:, 0, 0, 0].tolist() == [-2.0, 0.0]
+    with pytest.raises(DataError, match="keep_rows"):
+        cache.keep_rows([2])

@@ -12,7 +12,10 @@ are post-RoPE, so rolled-back or compacted slots keep their original positions.
 Decoding methods edit the cache between forwards:
 - ``crop(n)``: forget everything after slot n (speculative decoding rejects a draft tail);
 - ``compact(start, keep_indices)``: keep only the accepted path of a Medusa tree, moving
-  slots ``start + keep_indices`` to ``start, start + 1, ...``.
+  slots ``start + keep_indices`` to ``start, start + 1, ...``;
+- ``repeat_rows(r)``: a cache whose every row is repeated r times (a prompt prefilled once, then
+  sampled r times);
+- ``keep_rows(rows)``: drop the other rows of the batch (rows that finished decoding).
 
 Tests (``tests/nn/test_kv_cache.py``) check these invariants directly; the model-level
 tests compare cached decoding with the full forward and with HF.
@@ -109,6 +112,47 @@ class KVCache:
             for buffer in (self.keys[layer], self.values[layer]):
                 buffer[:, :, start:end] = buffer[:, :, start + keep]  # advanced indexing copies first
         self.length = end
+
+    def repeat_rows(self, repeats: int, max_length: int | None = None) -> KVCache:
+        """A new cache of batch B · ``repeats``: row i's filled slots copied to rows i·r … i·r + r − 1.
+
+        The filled slots are copied, so the rows then decode independently; ``max_length`` (default this
+        cache's) leaves room for what they will generate.
+        """
+        max_length = self.max_length if max_length is None else max_length
+        if repeats < 1:
+            raise DataError(f"repeat_rows: repeats must be >= 1, got {repeats}")
+        if max_length < self.length:
+            raise DataError(
+                f"repeat_rows: max_length={max_length} cannot hold the {self.length} filled slots"
+            )
+        out = KVCache(
+            self.num_layers,
+            self.batch_size * repeats,
+            self.num_kv_heads,
+            max_length,
+            self.head_dim,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        n = self.length
+        for layer in range(self.num_layers):
+            for source, target in (
+                (self.keys[layer], out.keys[layer]),
+                (self.values[layer], out.values[layer]),
+            ):
+                target[:, :, :n] = source[:, :, :n].repeat_interleave(repeats, dim=0)  # (B·r, Hkv, n, D)
+        out.length = n
+        return out
+
+    def keep_rows(self, rows: torch.Tensor | Sequence[int]) -> None:
+        """Keep only batch rows ``rows``, in that order (a batched decode drops the rows that finished)."""
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.device).flatten()
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.batch_size):
+            raise DataError(f"keep_rows: rows must lie in [0, {self.batch_size}), got {rows.tolist()}")
+        self.keys = [k[rows] for k in self.keys]  # (b, Hkv, L, D): advanced indexing copies
+        self.values = [v[rows] for v in self.values]
+        self.batch_size = rows.numel()
 
     def reset(self) -> None:
         """Forget everything (the buffers are reused, not freed)."""

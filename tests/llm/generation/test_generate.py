@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from papernotes.core.config import preset
-from papernotes.errors import DataError
+from papernotes.errors import ConfigError, DataError
 from papernotes.llm.generation.generate import GenerationConfig, generate
 from papernotes.llm.generation.sampling import logits_to_probs
 from papernotes.llm.model.config import PRESETS
@@ -107,3 +107,41 @@ def test_batched_generation_equals_one_prompt_at_a_time(with_prefix):
     for prompt, row in zip(prompts, batched):
         alone, _ = generate(model, torch.tensor([prompt]), config)
         assert row == alone[0].tolist()
+
+
+def test_num_samples_prefills_once_and_equals_the_prompts_repeated():
+    from papernotes.llm.generation.generate import generate_batch
+
+    torch.manual_seed(0)
+    model = Llama(preset(PRESETS, "tiny")).eval()
+    gen = torch.Generator().manual_seed(6)
+    prompts = [torch.randint(3, 256, (n,), generator=gen).tolist() for n in (5, 9)]
+    config = GenerationConfig(max_new_tokens=8, temperature=1.0, seed=3)
+    calls = []
+    model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape))
+    sampled = generate_batch(model, prompts, config, num_samples=3)
+    assert calls[0] == (2, 9)  # one prefill row per prompt, not per sample
+    repeated = generate_batch(model, [p for p in prompts for _ in range(3)], config)
+    assert sampled == repeated  # the same rows, the same sampling generator
+    assert len({tuple(r) for r in sampled}) > 2  # the copies of a prompt sample apart
+    with pytest.raises(ConfigError, match="num_samples"):
+        generate_batch(model, prompts, config, num_samples=0)
+
+
+def test_rows_that_finish_leave_the_batch_and_the_others_decode_unchanged():
+    from papernotes.llm.generation.generate import generate_batch
+
+    torch.manual_seed(0)
+    model = Llama(preset(PRESETS, "tiny")).eval()
+    gen = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(3, 256, (n,), generator=gen).tolist() for n in (6, 3, 9, 4)]
+    first, _ = generate(model, torch.tensor([prompts[0]]), GenerationConfig(max_new_tokens=12))
+    config = GenerationConfig(max_new_tokens=12, eos_token_id=int(first[0, 2]))  # row 0 stops at its 3rd
+    calls = []
+    model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    batched = generate_batch(model, prompts, config)
+    assert min(calls) < len(prompts)  # the finished rows were dropped from later steps
+    for prompt, row in zip(prompts, batched):
+        alone, _ = generate(model, torch.tensor([prompt]), config)
+        assert row == alone[0].tolist()
+    assert batched[0][-1] == config.eos_token_id and len(batched[0]) == 3

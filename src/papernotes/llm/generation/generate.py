@@ -210,6 +210,7 @@ def generate_batch(
     config: GenerationConfig,
     pad_token_id: int = 0,
     observe: Observer | None = None,
+    num_samples: int = 1,
 ) -> list[list[int]]:
     """Decode a batch of prompts of different lengths together; returns each row's new tokens.
 
@@ -217,13 +218,21 @@ def generate_batch(
     mask hides the pads and explicit positions count each row from its own first token, so every
     row decodes exactly as it would alone (tested against :func:`generate`). A row stops at EOS.
     For evaluation throughput (task metrics, rejection sampling); :func:`generate` is the timed baseline.
-    ``observe(logits (B, T, V), hidden (B, T, E), real (B, T) bool)`` sees every forward's outputs (prefill:
-    all prompt columns; then one column per step), e.g. to keep the model's states for distillation.
+
+    ``num_samples`` rows decode from each prompt (rows i·n … i·n + n − 1 belong to prompt i): the
+    prompt is prefilled once and its cache copied, which is the same as passing it n times, for
+    1/n of the prefill. ``observe(logits (B, T, V), hidden (B, T, E), real (B, T) bool)`` sees every
+    forward's outputs (prefill: all prompt columns; then one column per step), e.g. to keep the model's
+    states for distillation; only then are the prompt columns' logits computed.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise DataError("generate_batch needs at least one prompt, and every prompt needs >= 1 token")
     if config.max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens must be >= 0, got {config.max_new_tokens}")
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    if observe is not None and num_samples > 1:
+        raise ConfigError("generate_batch: observe sees one row per prompt; use num_samples=1 with it")
     device = model.lm_head.weight.device
     B, T = len(prompts), max(len(p) for p in prompts)
     check_prompt(model, torch.zeros(1, T, dtype=torch.long), config)
@@ -235,25 +244,46 @@ def generate_batch(
     # a prefix sits at positions 0..P-1 (Llama.forward), so each row's first real token is at P
     positions = (_prefix_length(model) + mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
     gen = torch.Generator().manual_seed(config.seed)
-    cache = model.setup_cache(B, T + config.max_new_tokens)
-    logits = _forward(model, ids, positions, mask, cache, observe, mask)[:, -1]  # (B, V)
+    cache = model.setup_cache(B, T + (config.max_new_tokens if num_samples == 1 else 0))
+    if observe is None:  # only the last column's logits are used: the LM head skips the prompt's columns
+        hidden = model(ids, position_ids=positions, attention_mask=mask, cache=cache, logits=False)
+        logits = model.lm_head(hidden[:, -1])  # (B, V)
+    else:
+        logits = _forward(model, ids, positions, mask, cache, observe, mask)[:, -1]  # (B, V)
+    if num_samples > 1:  # every prompt's row becomes num_samples rows: (B, …) -> (B·n, …)
+        cache = cache.repeat_rows(num_samples, max_length=T + config.max_new_tokens)
+        logits, mask, positions = (t.repeat_interleave(num_samples, dim=0) for t in (logits, mask, positions))
+        B *= num_samples
     new: list[list[int]] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool)
-    last = positions[:, -1:]  # (B, 1)
+    live = torch.arange(B)  # (b,): the output row of each batch row still decoding
+    done = torch.zeros(B, dtype=torch.bool)  # (b,)
+    last = positions[:, -1:]  # (b, 1)
     for step in range(config.max_new_tokens):
-        probs = logits_to_probs(logits.float(), config.temperature, config.top_k, config.top_p)
-        tokens = sample(probs.cpu(), gen)  # (B,)
-        for row in range(B):
-            if not done[row]:
-                new[row].append(int(tokens[row]))
+        if config.temperature == 0:  # greedy: the argmax (what sampling a one-hot gives, without the draw)
+            tokens = logits.argmax(-1).cpu()  # (b,)
+        else:
+            tokens = sample(
+                logits_to_probs(logits.float(), config.temperature, config.top_k, config.top_p).cpu(), gen
+            )
+        for row, token, finished in zip(live.tolist(), tokens.tolist(), done.tolist()):
+            if not finished:
+                new[row].append(token)
         if config.eos_token_id is not None:
             done |= tokens == config.eos_token_id
         if bool(done.all()) or step == config.max_new_tokens - 1:
             break
-        mask = torch.cat((mask, mask.new_ones(B, 1)), dim=1)  # (B, C + 1)
+        if observe is None and 4 * int(done.sum()) >= len(done):
+            # a quarter of the rows finished: drop them, so later steps compute only the live rows (an
+            # observer sees a fixed batch, so with one the finished rows stay and are masked)
+            keep = (~done).nonzero().squeeze(1)  # (b',)
+            cache.keep_rows(keep.to(cache.device))
+            live, done, tokens = live[keep], done[keep], tokens[keep]
+            mask, last = mask[keep.to(device)], last[keep.to(device)]
+        b = len(live)
+        mask = torch.cat((mask, mask.new_ones(b, 1)), dim=1)  # (b, C + 1)
         last = last + 1
-        step_ids = tokens.view(B, 1).to(device)  # (B, 1)
-        logits = _forward(model, step_ids, last, mask, cache, observe, ~done.view(B, 1).to(device))[:, -1]
+        step_ids = tokens.view(b, 1).to(device)  # (b, 1)
+        logits = _forward(model, step_ids, last, mask, cache, observe, ~done.view(b, 1).to(device))[:, -1]
     return new
 
 

@@ -46,13 +46,17 @@ def respond(
     chat = chat or LLAMA3
     eot, eos = chat.end_of_turn_id(tokenizer), tokenizer.token_to_id(EOS)
     encoded = [encode_chat(tokenizer, p, add_generation_prompt=True, chat=chat).ids for p in prompts]
-    rows = [ids for ids in encoded for _ in range(num_samples)]
+    per_batch = max(1, batch_size // num_samples)  # prompts per batch: about batch_size rows
     out: list[Response] = []
-    for start in range(0, len(rows), batch_size):
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + start, eos_token_id=eot
+    for start in range(0, len(encoded), per_batch):
+        config = GenerationConfig(  # seeded by the batch's first row, as when every row was a prompt
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed + start * num_samples,
+            eos_token_id=eot,
         )
-        for ids in generate_batch(model, rows[start : start + batch_size], config, pad_token_id=eot):
+        batch = encoded[start : start + per_batch]
+        for ids in generate_batch(model, batch, config, pad_token_id=eot, num_samples=num_samples):
             finished = bool(ids) and ids[-1] == eot
             kept = [t for t in ids if t not in (eot, eos)]
             out.append(Response(tokenizer.decode(kept).strip(), kept, finished))
