@@ -97,6 +97,7 @@ def test_keep_rows_drops_the_other_rows_in_order():
     cache.advance(1)
     cache.keep_rows([2, 0])
     assert cache.batch_size == 2 and cache.length == 1
-    assert cache.keys[0][:, 0, 0, 0].tolist() == [2.0, 0.0] and cache.values[0][:, 0, 0, 0].tolist() == [-2.0, 0.0]
+    assert cache.keys[0][:, 0, 0, 0].tolist() == [2.0, 0.0]
+    assert cache.values[0][:, 0, 0, 0].tolist() == [-2.0, 0.0]
     with pytest.raises(DataError, match="keep_rows"):
         cache.keep_rows([2])
