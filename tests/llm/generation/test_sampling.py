@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from papernotes.errors import ConfigError
-from papernotes.llm.generation.sampling import logits_to_probs, sample
+from papernotes.llm.generation.sampling import logits_to_probs, next_tokens, sample
 
 
 def test_greedy_is_one_hot_on_argmax():
@@ -33,3 +33,14 @@ def test_sampling_frequencies_follow_probs():
 def test_invalid_sampling_settings_are_rejected(kwargs):
     with pytest.raises(ConfigError):
         logits_to_probs(torch.zeros(4), **{"temperature": 1.0, **kwargs})
+
+
+def test_next_tokens_greedy_is_the_draw_from_the_one_hot_and_checks_the_same_settings():
+    logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(1))
+    one_hot_draws = sample(logits_to_probs(logits, 0.0), torch.Generator().manual_seed(0))
+    assert torch.equal(next_tokens(logits, 0.0), one_hot_draws)
+    sampled = next_tokens(logits, 0.7, top_k=5, generator=torch.Generator().manual_seed(2))
+    expected = sample(logits_to_probs(logits, 0.7, top_k=5), torch.Generator().manual_seed(2))
+    assert torch.equal(sampled, expected)
+    with pytest.raises(ConfigError, match="top_p"):
+        next_tokens(logits, 0.0, top_p=0.0)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from papernotes.errors import ConfigError, DataError
-from papernotes.llm.generation.sampling import logits_to_probs, sample
+from papernotes.llm.generation.sampling import logits_to_probs, next_tokens
 from papernotes.llm.model.llama import Llama
 from papernotes.nn.kv_cache import KVCache
 
@@ -119,7 +119,8 @@ class DecodeLoop:
 
     def sample(self, logits: torch.Tensor) -> int:
         """One token from logits (V,), greedy when the temperature is 0."""
-        return int(sample(self.probs(logits), self.generator))
+        c = self.config
+        return int(next_tokens(logits, c.temperature, c.top_k, c.top_p, self.generator))
 
     def emit(self, tokens: Sequence[int]) -> bool:
         """Append one target call's tokens, cut exactly at EOS or ``max_new_tokens``; True when done.
@@ -184,8 +185,7 @@ def stream(
     logits = model(input_ids, cache=cache)[:, -1]  # prefill: (1, V)
     stats.target_calls += 1
     for produced in range(1, config.max_new_tokens + 1):
-        probs = logits_to_probs(logits, config.temperature, config.top_k, config.top_p)
-        token = sample(probs, gen).view(1, 1)  # (1, 1)
+        token = next_tokens(logits, config.temperature, config.top_k, config.top_p, gen).view(1, 1)  # (1, 1)
         stats.accepted_per_step.append(1)
         yield int(token)
         if config.eos_token_id is not None and token.item() == config.eos_token_id:
@@ -259,12 +259,9 @@ def generate_batch(
     done = torch.zeros(B, dtype=torch.bool)  # (b,)
     last = positions[:, -1:]  # (b, 1)
     for step in range(config.max_new_tokens):
-        if config.temperature == 0:  # greedy: the argmax (what sampling a one-hot gives, without the draw)
-            tokens = logits.argmax(-1).cpu()  # (b,)
-        else:
-            tokens = sample(
-                logits_to_probs(logits.float(), config.temperature, config.top_k, config.top_p).cpu(), gen
-            )
+        tokens = next_tokens(
+            logits.float().cpu(), config.temperature, config.top_k, config.top_p, gen
+        )  # (b,)
         for row, token, finished in zip(live.tolist(), tokens.tolist(), done.tolist()):
             if not finished:
                 new[row].append(token)
@@ -276,7 +273,7 @@ def generate_batch(
             # a quarter of the rows finished: drop them, so later steps compute only the live rows (an
             # observer sees a fixed batch, so with one the finished rows stay and are masked)
             keep = (~done).nonzero().squeeze(1)  # (b',)
-            cache.keep_rows(keep.to(cache.device))
+            cache.keep_rows(keep)
             live, done, tokens = live[keep], done[keep], tokens[keep]
             mask, last = mask[keep.to(device)], last[keep.to(device)]
         b = len(live)

@@ -47,6 +47,24 @@ def logits_to_probs(
     return probs
 
 
+def next_tokens(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token per row of ``logits`` (..., V) -> (...): a draw from :func:`logits_to_probs`'s distribution.
+
+    Greedy (temperature 0) takes the argmax directly: what a draw from the one-hot gives, without a
+    multinomial over the whole vocabulary (88 ms a step at 64 rows of SmolLM2's 49 k tokens on 2 cores).
+    """
+    if temperature == 0:
+        logits_to_probs(logits[..., :1], temperature, top_k, top_p)  # the same argument checks, on 1 column
+        return logits.argmax(-1)
+    return sample(logits_to_probs(logits, temperature, top_k, top_p), generator)
+
+
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw one index per row of ``probs`` (..., V) -> (...)."""
     flat = probs.reshape(-1, probs.shape[-1])  # (N, V)

@@ -19,7 +19,7 @@ from papernotes.errors import ConfigError, DataError
 from papernotes.llm.generation.generate import DecodeLoop, DecodeStats, GenerationConfig, check_prompt
 from papernotes.llm.generation.medusa.heads import MedusaHeads, check_heads_fit
 from papernotes.llm.generation.medusa.tree import MedusaTree, build_tree, chain_tree, longest_accepted_path
-from papernotes.llm.generation.sampling import logits_to_probs, sample
+from papernotes.llm.generation.sampling import logits_to_probs, next_tokens
 from papernotes.llm.model.llama import Llama
 from papernotes.nn.kv_cache import KVCache
 
@@ -129,8 +129,8 @@ def update_inputs(
     """
     cache.compact(start, list(path))
     last = path[-1]
-    probs = logits_to_probs(logits[last], config.temperature, config.top_k, config.top_p)  # (V,)
-    return int(sample(probs, generator)), hidden[last]
+    token = next_tokens(logits[last], config.temperature, config.top_k, config.top_p, generator)
+    return int(token), hidden[last]
 
 
 def resolve_tree(heads: MedusaHeads, tree: MedusaTree | Sequence[Sequence[int]] | None) -> MedusaTree:
