@@ -9,6 +9,8 @@ Measured, all in one run with random weights (speed does not depend on what a mo
   with PyTorch's default matrix forms, then after ``tune_for_streaming`` (each projection's fastest form for
   the rows a step feeds it, ``nn.linear_tuning``), in the same run;
 * N concurrent streams batched: one step over the N current frames (window models and TRN keep N states);
+* OadTR with int8 weights (``nn.int8_linear``: weight-only, one scale per output channel): its real-time
+  factor against fp32's in the same run, and how far its scores move from fp32's;
 * OadTR without its caches: the same exact score recomputed from the frames it depends on (``history``), as a
   stream without caches would have to;
 * the roofline of one OadTR step: the weights it reads (bytes) and its FLOPs, against this machine's measured
@@ -22,6 +24,7 @@ Prints ONE JSON object.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
@@ -29,8 +32,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from papernotes.core.timing import median_seconds
+from papernotes.nn.int8_linear import quantize_int8
 from papernotes.video.online.models import DETECTORS, build_detector
-from papernotes.video.online.stream import stream_rate
+from papernotes.video.online.stream import stream_rate, stream_scores
 
 FPS = 4.0  # THUMOS'14 / TVSeries features: one per 6 frames at 24 fps
 
@@ -86,6 +90,29 @@ def _batched_fps(model: torch.nn.Module, name: str, streams: int, frames: int, d
         for _ in range(frames):
             model(x[:, None])
     return frames / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def _int8(model: torch.nn.Module, frames: int) -> dict[str, float]:
+    """One stream with int8 weights (a copy of ``model``): real-time factor, its ratio to fp32 in the same
+    run, and how far its scores move from fp32's over a session that fills the caches."""
+    quantized = copy.deepcopy(model)
+    quantize_int8(quantized)
+    warmup, dim = _warmup(model), model.cfg.feature_dim
+    features = torch.randn(warmup + frames, dim)
+    fp32 = stream_rate(model, features, warmup=warmup)
+    int8 = stream_rate(quantized, features, warmup=warmup)
+    session = torch.randn(warmup + 8, dim)
+    reference, scores = stream_scores(model, session), stream_scores(quantized, session)
+    return {
+        "int8_single_stream_fps": int8,
+        "int8_single_stream_rtf": int8 / FPS,
+        "int8_over_fp32": int8 / fp32,
+        "int8_weight_bytes": sum(b.numel() * b.element_size() for b in quantized.buffers()),
+        "int8_max_abs_score_diff": float((scores - reference).abs().max()),
+        "int8_same_argmax_fraction": float((scores.argmax(-1) == reference.argmax(-1)).float().mean()),
+        "fp32_max_abs_score": float(reference.abs().max()),
+    }
 
 
 @torch.no_grad()
@@ -160,6 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "weight_copies_bytes": report.extra_bytes,
             }
         batched = _batched_fps(model, name, args.streams, frames, dim)
+        if name == "oadtr":  # last: the same weights in int8 (nn.int8_linear), on a copy
+            tuning.update(_int8(model, frames))
         rows[name] = {
             **tuning,
             "params": sum(p.numel() for p in model.parameters()),
@@ -179,7 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
     }
     result["models"] = rows
     if "oadtr" in rows:
-        result["goals"] = {"oadtr_single_stream_rtf_ge_10": rows["oadtr"]["single_stream_rtf"] >= 10}
+        result["goals"] = {
+            "oadtr_single_stream_rtf_ge_10": rows["oadtr"]["single_stream_rtf"] >= 10,
+            "oadtr_int8_single_stream_rtf_ge_10": rows["oadtr"]["int8_single_stream_rtf"] >= 10,
+        }
     return result
 
 

@@ -22,7 +22,7 @@ import json
 import logging
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from papernotes.core.files import atomic_write_dir
 from papernotes.core.train import Batch
 from papernotes.errors import CheckpointError, ConfigError, DataError
 from papernotes.video.data.datasets import RawFrameDataset, VideoDataset
-from papernotes.video.data.transforms import test_transform, train_transform
+from papernotes.video.data.transforms import TSN_SCALES, test_transform, train_transform
 from papernotes.video.models import build_recognizer
 
 logger = logging.getLogger(__name__)
@@ -106,20 +106,28 @@ def build_dataset(
     root: str | Path | None = None,
     flow_list: str | Path | None = None,
     flip: bool = False,
+    scale_size: int | None = None,
+    crop_scales: Sequence[float] = TSN_SCALES,
+    cache_frames: bool = False,
 ) -> Dataset:
-    """The dataset that ``model`` needs: its ``num_segments``, ``frames_per_segment`` and ``modality``."""
+    """The dataset that ``model`` needs: its ``num_segments``, ``frames_per_segment`` and ``modality``.
+
+    ``scale_size`` (default ``size`` · 256/224) and ``crop_scales`` (training only) go to the transforms
+    (``data.transforms``); ``scale_size=size, crop_scales=(1.0,)`` feeds frames of ``size`` px unchanged.
+    ``cache_frames`` keeps rawframe folders decoded in memory (``RawFrameDataset``); video lists ignore it.
+    """
     common = {"num_segments": model.num_segments, "mode": mode, "num_clips": num_clips, "on_error": on_error}
     common["root"] = root
 
     def transform(modality: str):
         if mode == "train":
-            return train_transform(size, flip=flip, modality=modality)
-        return test_transform(size, modality=modality)
+            return train_transform(size, scale_size, flip=flip, modality=modality, scales=crop_scales)
+        return test_transform(size, scale_size, modality=modality)
 
     def rgb_dataset() -> Dataset:
         kwargs = {**common, "frames_per_segment": model.frames_per_segment, "transform": transform("rgb")}
         if list_format(list_file) == "rawframes":
-            return RawFrameDataset(list_file, **kwargs)
+            return RawFrameDataset(list_file, **kwargs, cache_frames=cache_frames)
         return VideoDataset(list_file, **kwargs)
 
     if model.modality == "rgb":
@@ -138,6 +146,7 @@ def build_dataset(
         frames_per_segment=model.flow_length,
         transform=transform("flow"),
         modality="flow",
+        cache_frames=cache_frames,
     )
     return PairedDataset(rgb_dataset(), flow)
 

@@ -177,6 +177,37 @@ def test_train_sampling_follows_torch_seed(synthetic_dir):
     assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
+def test_cached_frames_give_the_same_items_and_decode_each_folder_once(synthetic_dir, monkeypatch):
+    from papernotes.video.data import datasets
+
+    plain = RawFrameDataset(synthetic_dir / "train_rawframes.txt", num_segments=3, frames_per_segment=2)
+    cached = RawFrameDataset(
+        synthetic_dir / "train_rawframes.txt", num_segments=3, frames_per_segment=2, cache_frames=True
+    )
+    reads = []
+    real = datasets.read_frames
+    monkeypatch.setattr(datasets, "read_frames", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    for epoch in range(2):  # training draws: the same torch seed gives the same frames, cached or not
+        torch.manual_seed(epoch)
+        first = [plain[i]["frames"] for i in range(5)]
+        torch.manual_seed(epoch)
+        assert all(torch.equal(a, cached[i]["frames"]) for i, a in enumerate(first))
+    # plain reads its 5 folders every epoch; cached reads each folder once, whole
+    assert len(reads) == 2 * 5 + 5 and len(set(reads[-5:])) == 5
+
+
+def test_cached_flow_frames_stack_like_uncached_ones(tmp_path):
+    frames = np.arange(12)[:, None, None] * np.ones((1, 6, 8))
+    write_frames(tmp_path / "v", (10 * frames).astype(np.uint8), FLOW_TEMPLATE, axis="x")
+    write_frames(tmp_path / "v", (200 - 10 * frames).astype(np.uint8), FLOW_TEMPLATE, axis="y")
+    (tmp_path / "flow.txt").write_text("v 12 4\n")
+    kwargs = {"num_segments": 2, "frames_per_segment": 3, "mode": "test", "modality": "flow"}
+    cached = RawFrameDataset(tmp_path / "flow.txt", cache_frames=True, **kwargs)
+    assert torch.equal(cached[0]["frames"], RawFrameDataset(tmp_path / "flow.txt", **kwargs)[0]["frames"])
+    assert set(cached.frame_cache) == {(tmp_path / "v", "x"), (tmp_path / "v", "y")}
+    assert cached.frame_cache[(tmp_path / "v", "x")].shape == (12, 6, 8)  # the whole folder
+
+
 def test_dataloader_workers_give_the_same_items_in_test_mode(synthetic_dir):
     ds = RawFrameDataset(synthetic_dir / "test_rawframes.txt", num_segments=4, mode="test")
 

@@ -67,9 +67,9 @@ def test_online_goals_met_and_missed():
         "mlp": online_row(0.40),
         "trn": online_row(0.35, epoch_s=6.0),
         "idn": online_row(0.60, diff=0.5),
-        "oadtr": online_row(0.80, epoch_s=2.0),
+        "oadtr": {**online_row(0.80, epoch_s=2.0), "int8_mAP": 0.785},
     }
-    goals = online_goals(rows, paper_rtf=7.5)
+    goals = online_goals(rows, paper_rtf=7.5, int8_rtf=12.0)
     assert all(g.method in CARDS for g in goals)
     assert verdicts(goals, "TRN (online detection)") == {
         "history helps: trn beats the per-frame MLP": "missed",
@@ -84,6 +84,10 @@ def test_online_goals_met_and_missed():
     assert oadtr["OadTR trains faster per epoch than the recurrent TRN"].verdict == "met"
     assert oadtr["OadTR streams faster than real time at the paper's dimensions"].verdict == "missed"
     assert oadtr["OadTR is at least as accurate as TRN"].measured == pytest.approx(45.0)
+    int8_speed = "OadTR with int8 weights streams faster than real time at the paper's dimensions"
+    assert oadtr[int8_speed].verdict == "met"
+    assert oadtr["int8 weights keep OadTR's accuracy"].measured == pytest.approx(1.5)
+    assert oadtr["int8 weights keep OadTR's accuracy"].verdict == "missed"  # 1.5 points lost > 1
 
 
 def test_online_goals_with_a_missing_run_and_zero_against_zero():
@@ -93,6 +97,7 @@ def test_online_goals_with_a_missing_run_and_zero_against_zero():
     assert got["OadTR is at least as accurate as TRN"] == "not judged"
     assert got["OadTR trains faster per epoch than the recurrent TRN"] == "not judged"
     assert got["OadTR streams faster than real time at the paper's dimensions"] == "not judged"
+    assert got["int8 weights keep OadTR's accuracy"] == "not judged"  # no int8 run
     assert got["history helps: oadtr beats the per-frame MLP"] == "met"
     # TRN and OadTR both at 0 s per epoch: 0 / 0 is not a speed-up
     zero = online_goals({"trn": online_row(0.5, epoch_s=0.0), "oadtr": online_row(0.5, epoch_s=0.0)}, None)

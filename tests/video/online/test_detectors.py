@@ -183,3 +183,6 @@ def test_streaming_benchmark_runs_at_tiny_size():
     for row in result["models"].values():
         assert row["single_stream_rtf"] > 0 and row["batched_total_fps"] == 2 * row["batched_fps_per_stream"]
     assert "oadtr_single_stream_rtf_ge_10" in result["goals"]
+    oadtr = result["models"]["oadtr"]
+    assert oadtr["int8_single_stream_rtf"] > 0 and oadtr["int8_same_argmax_fraction"] >= 0.5
+    assert 0 < oadtr["int8_max_abs_score_diff"] < 0.1 * oadtr["fp32_max_abs_score"]

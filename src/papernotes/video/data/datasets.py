@@ -267,6 +267,7 @@ class RawFrameDataset(_SegmentDataset):
         filename_tmpl: str | None = None,
         start_index: int = 1,
         on_error: str = "raise",
+        cache_frames: bool = False,
     ) -> None:
         if modality not in ("rgb", "flow"):
             raise ConfigError(f"modality must be 'rgb' or 'flow', got {modality!r}")
@@ -284,17 +285,27 @@ class RawFrameDataset(_SegmentDataset):
         self.modality = modality
         self.filename_tmpl = filename_tmpl or (RGB_TEMPLATE if modality == "rgb" else FLOW_TEMPLATE)
         self.start_index = start_index
+        # (folder, axis) -> uint8 frames of the whole folder, when cache_frames
+        self.frame_cache: dict[tuple[Path, str | None], np.ndarray] | None = {} if cache_frames else None
+
+    def _read(self, entry: ListEntry, indices: np.ndarray, axis: str | None = None) -> np.ndarray:
+        grayscale = self.modality == "flow"
+        if self.frame_cache is None:
+            return read_frames(entry.path, indices, self.filename_tmpl, self.start_index, grayscale, axis)
+        frames = self.frame_cache.get((entry.path, axis))
+        if frames is None:
+            every = np.arange(entry.num_frames)
+            frames = read_frames(entry.path, every, self.filename_tmpl, self.start_index, grayscale, axis)
+            self.frame_cache[(entry.path, axis)] = frames
+        return frames[indices]
 
     def _load(self, entry: ListEntry) -> torch.Tensor:
         if not entry.num_frames:
             raise DataError(f"frame folder {entry.path} is listed with 0 frames")
         indices = self._indices(entry.num_frames)
         if self.modality == "rgb":
-            return self.transform(read_frames(entry.path, indices, self.filename_tmpl, self.start_index))
-        x, y = (
-            read_frames(entry.path, indices, self.filename_tmpl, self.start_index, grayscale=True, axis=axis)
-            for axis in ("x", "y")
-        )
+            return self.transform(self._read(entry, indices))
+        x, y = (self._read(entry, indices, axis) for axis in ("x", "y"))
         clip = self.transform(np.stack([x, y], axis=-1))  # (N, H, W, 2) -> (N, 2, H, W), N = V*K*L
         n, _, h, w = clip.shape
         # (N, 2, H, W) -> (V*K, L, 2, H, W) -> (V*K, 2L, H, W): channels x1, y1, x2, y2, ...

@@ -219,14 +219,20 @@ def _stats(modality: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def train_transform(
-    size: int = 112, scale_size: int | None = None, flip: bool = False, modality: str = "rgb"
+    size: int = 112,
+    scale_size: int | None = None,
+    flip: bool = False,
+    modality: str = "rgb",
+    scales: Sequence[float] = TSN_SCALES,
 ) -> Compose:
     """Training preset: short side to ``scale_size`` (default size * 256/224, TSN's 256 for 224), multi-scale
-    crop to size x size, optional flip (off by default: it swaps left and right), normalise."""
+    crop to size x size (``scales``: fractions of the short side), optional flip (off by default: it swaps
+    left and right), normalise. ``scale_size=size`` with ``scales=(1.0,)`` leaves square frames of ``size`` px
+    as they are: no augmentation, and no resize to pay for."""
     mean, std = _stats(modality)
     steps: list[Callable[[torch.Tensor], torch.Tensor]] = [
         ResizeShort(scale_size or round(size * 256 / 224)),
-        MultiScaleCrop(size),
+        MultiScaleCrop(size, scales=scales),
     ]
     if flip:
         steps.append(RandomHorizontalFlip(is_flow=modality == "flow"))

@@ -1,0 +1,80 @@
+"""Weight-only int8 linear layers, for inference whose time is spent reading weights.
+
+Why: a streaming step multiplies a handful of rows by every weight of the model (OadTR at the paper's
+dimensions: 125 M fp32 weights, 500 MB read per frame for 1 to 8 rows each). Such a product is bounded by
+memory traffic, not arithmetic, and int8 weights are a quarter of the fp32 bytes.
+
+How (the scheme of LLM.int8's weight-only baseline and of gpt-fast's ``int8`` mode; Dettmers et al. 2022,
+arXiv:2208.07339, eq. 1): one symmetric scale per output channel n,
+
+    s_n = max_k |W_nk| / 127,     Q_nk = round(W_nk / s_n) in [-127, 127] (int8),
+    y = (x Qᵀ) · s + b,
+
+so every weight's error is at most s_n / 2 and activations stay fp32. The product runs in PyTorch's
+``_weight_int8pack_mm`` CPU kernel, which reads the int8 weight and converts it in registers: the memory
+read is the int8 bytes, never a dequantized fp32 copy.
+
+Not exact: scores move by the rounding (tests bound the difference to the fp32 layer by the error the
+scales allow, and hold the kernel to the dequantized weights at fp32 tolerance). For inference only: the
+int8 weights take no gradient. Shapes: M rows (the product of x's leading dimensions), K in, N out.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from papernotes.errors import ConfigError
+
+
+class Int8Linear(nn.Module):
+    """y = x Wᵀ + b with W stored as int8 rows and one fp32 scale per row (output channel)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().float()  # (N, K)
+        scale = weight.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127  # (N,)
+        quantized = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (N, K)
+        self.register_buffer("weight_int8", quantized.contiguous())
+        self.register_buffer("scale", scale)
+        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        self.register_buffer("bias", bias)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The fp32 weight this layer computes with, (N, K): Q · s."""
+        return self.weight_int8.float() * self.scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise ConfigError("Int8Linear is for inference: its int8 weights take no gradient")
+        if x.dtype != torch.float32:
+            raise ConfigError(f"Int8Linear computes in float32, got input of {x.dtype}")
+        rows = x.reshape(-1, self.in_features).contiguous()  # (..., K) -> (M, K)
+        y = torch._weight_int8pack_mm(rows, self.weight_int8, self.scale)  # (M, N)
+        if self.bias is not None:
+            y += self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)  # (M, N) -> (..., N)
+
+    def extra_repr(self) -> str:
+        bias = self.bias is not None
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"
+
+
+def quantize_int8(model: nn.Module) -> int:
+    """Replace every ``nn.Linear`` in ``model`` (subclasses included) by an :class:`Int8Linear`, in place.
+
+    Returns the number of layers replaced. The model is then for CPU inference only; keep an fp32 copy to
+    train or to save. Parameters that are not linear weights (norms, embeddings, convolutions) stay fp32.
+    """
+    targets = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.Linear)
+    ]
+    for parent, name, child in targets:
+        if child.weight.device.type != "cpu":
+            raise ConfigError(f"int8 weights run on the CPU; layer {name!r} is on {child.weight.device}")
+        setattr(parent, name, Int8Linear(child))
+    return len(targets)

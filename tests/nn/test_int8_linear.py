@@ -1,0 +1,74 @@
+"""Weight-only int8 linear layers: the kernel against the dequantized weights, the rounding bound against
+fp32, whole-model conversion, and an int8 OadTR that still streams its own offline scores."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from papernotes.errors import ConfigError
+from papernotes.nn.int8_linear import Int8Linear, quantize_int8
+from papernotes.video.online.models import build_detector
+from papernotes.video.online.stream import stream_scores
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", [1, 2, 8, 33])
+def test_kernel_equals_a_product_with_the_dequantized_weights(bias, rows):
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 40, bias=bias)
+    q = Int8Linear(linear)
+    assert q.weight_int8.dtype == torch.int8 and q.scale.shape == (40,)
+    assert q.weight_int8.abs().max() == 127  # each row's largest weight uses the whole range
+    x = torch.randn(rows, 96)
+    with torch.no_grad():
+        expected = F.linear(x, q.dequantized_weight(), None if q.bias is None else q.bias)
+        torch.testing.assert_close(q(x), expected, atol=1e-4, rtol=1e-5)
+        # leading dimensions are rows
+        torch.testing.assert_close(q(x.reshape(1, rows, 96))[0], expected, atol=1e-4, rtol=1e-5)
+
+
+def test_error_against_fp32_is_within_the_rounding_bound_and_far_below_the_signal():
+    """|y − y_fp32| ≤ Σ_k |x_k| · s_n / 2 (each weight moves at most half its row's step)."""
+    torch.manual_seed(0)
+    linear = nn.Linear(512, 256)
+    q = Int8Linear(linear)
+    x = torch.randn(4, 512)
+    with torch.no_grad():
+        error = (q(x) - linear(x)).abs()
+        bound = x.abs().sum(dim=1, keepdim=True) * q.scale[None] / 2  # (4, 256)
+        assert (error <= bound + 1e-5).all()
+        assert error.max() < 0.02 * linear(x).abs().max()  # the rounding is a small fraction of the output
+        assert (q.dequantized_weight() - linear.weight).abs().max() <= q.scale.max() / 2 + 1e-7
+
+
+def test_quantize_int8_converts_every_linear_and_refuses_training_and_other_dtypes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Sequential(nn.LayerNorm(16), nn.Linear(16, 3)))
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        reference = model(x)
+    assert quantize_int8(model) == 2
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    assert isinstance(model[2][0], nn.LayerNorm)  # the rest stays as it was
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference, atol=0.05, rtol=0.05)
+    with pytest.raises(ConfigError, match="inference"):
+        model(x.requires_grad_())
+    with pytest.raises(ConfigError, match="float32"), torch.no_grad():
+        model(x.detach().double())
+
+
+def test_int8_oadtr_streams_its_own_offline_scores():
+    """The stream feeds 1, 2 and 8 rows per product where the offline forward feeds a whole session: the
+    int8 kernel gives the same scores for any row count, so the exactness of streaming survives."""
+    torch.manual_seed(0)
+    model = build_detector("oadtr", "tiny").eval()
+    x = torch.randn(1, 60, model.cfg.feature_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fp32 = model(x)[0]
+    quantize_int8(model)
+    with torch.no_grad():
+        offline = model(x)[0]
+    torch.testing.assert_close(stream_scores(model, x[0]), offline, atol=1e-5, rtol=1e-4)
+    assert 0 < (offline - fp32).abs().max() < 0.05 * fp32.abs().max()
