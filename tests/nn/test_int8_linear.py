@@ -22,24 +22,31 @@ def test_kernel_equals_a_product_with_the_dequantized_weights(bias, rows):
     assert q.weight_int8.abs().max() == 127  # each row's largest weight uses the whole range
     x = torch.randn(rows, 96)
     with torch.no_grad():
-        expected = F.linear(x, q.dequantized_weight(), None if q.bias is None else q.bias)
-        torch.testing.assert_close(q(x), expected, atol=1e-4, rtol=1e-5)
+        # the kernel takes bf16 rows and returns bf16: 2⁻⁹ relative on the way out
+        expected = F.linear(x.bfloat16().float(), q.dequantized_weight())
+        bias = 0 if q.bias is None else q.bias
+        torch.testing.assert_close(q(x) - bias, expected, atol=1e-3, rtol=2**-8)
         # leading dimensions are rows
-        torch.testing.assert_close(q(x.reshape(1, rows, 96))[0], expected, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(q(x.reshape(1, rows, 96))[0], q(x), atol=0, rtol=0)
 
 
 def test_error_against_fp32_is_within_the_rounding_bound_and_far_below_the_signal():
-    """|y − y_fp32| ≤ Σ_k |x_k| · s_n / 2 (each weight moves at most half its row's step)."""
+    """|y − y_fp32| ≤ Σ_k |x_k| (s_n / 2 + 2⁻⁸ |W_nk|) + 2⁻⁸ |y_n|: each weight moves at most half its row's
+    step (plus the bf16 scale's rounding), each activation and each output by bf16's rounding."""
     torch.manual_seed(0)
     linear = nn.Linear(512, 256)
     q = Int8Linear(linear)
     x = torch.randn(4, 512)
     with torch.no_grad():
-        error = (q(x) - linear(x)).abs()
-        bound = x.abs().sum(dim=1, keepdim=True) * q.scale[None] / 2  # (4, 256)
-        assert (error <= bound + 1e-5).all()
+        exact = linear(x)
+        error = (q(x) - exact).abs()
+        step = q.scale[None, :, None] / 2 + 2**-8 * linear.weight.abs()[None]  # (1, 256, 512)
+        bound = (x.abs()[:, None, :] * step).sum(-1) + 2**-8 * exact.abs()  # (4, 256)
+        assert (error <= bound).all()
         assert error.max() < 0.02 * linear(x).abs().max()  # the rounding is a small fraction of the output
-        assert (q.dequantized_weight() - linear.weight).abs().max() <= q.scale.max() / 2 + 1e-7
+        assert (
+            (q.weight_int8.float() * q.scale[:, None] - linear.weight).abs() <= q.scale[:, None] / 2 + 1e-7
+        ).all()
 
 
 def test_quantize_int8_converts_every_linear_and_refuses_training_and_other_dtypes():
@@ -60,8 +67,9 @@ def test_quantize_int8_converts_every_linear_and_refuses_training_and_other_dtyp
 
 
 def test_int8_oadtr_streams_its_own_offline_scores():
-    """The stream feeds 1, 2 and 8 rows per product where the offline forward feeds a whole session: the
-    int8 kernel gives the same scores for any row count, so the exactness of streaming survives."""
+    """The stream feeds 1, 2 and 8 rows per product where the offline forward feeds a whole session. Each
+    row's product does not depend on the others, but the two paths reach a layer with fp32 values that
+    differ in the last bits, which bf16 rounding can turn into one bf16 step: equal to bf16 tolerance."""
     torch.manual_seed(0)
     model = build_detector("oadtr", "tiny").eval()
     x = torch.randn(1, 60, model.cfg.feature_dim, generator=torch.Generator().manual_seed(1))
@@ -70,5 +78,7 @@ def test_int8_oadtr_streams_its_own_offline_scores():
     quantize_int8(model)
     with torch.no_grad():
         offline = model(x)[0]
-    torch.testing.assert_close(stream_scores(model, x[0]), offline, atol=1e-5, rtol=1e-4)
+    streamed = stream_scores(model, x[0])
+    assert (streamed - offline).abs().max() < 0.01 * offline.abs().max()
+    assert (streamed.argmax(-1) == offline.argmax(-1)).float().mean() > 0.95
     assert 0 < (offline - fp32).abs().max() < 0.05 * fp32.abs().max()

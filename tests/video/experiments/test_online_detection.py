@@ -50,10 +50,13 @@ def test_online_detection_reports_every_detector_and_streams_exactly(tmp_path, m
     monkeypatch.setattr(online_detection, "score_sessions", spy_score_sessions)
     result = run_online_detection(ctx)
     runs = {r["model"]: r for r in result.metrics["runs"]}
-    assert list(runs) == list(MODEL_SETTINGS) and len(scored) == len(MODEL_SETTINGS)
+    # every detector once, then OadTR again with int8 weights
+    assert list(runs) == list(MODEL_SETTINGS) and len(scored) == len(MODEL_SETTINGS) + 1
     settings = result.metrics["settings"]
     train, _, info = generate_streams(dataclasses.replace(STREAM_PRESETS["default"], **settings["streams"]))
     frames_per_step = settings["batch_size"] * settings["chunk"]
+    int8_ap, _ = sklearn_maps(*scored[-1], info.ignore_index)
+    assert runs["oadtr"]["int8_mAP"] == pytest.approx(np.mean(list(int8_ap.values())))
     for row, (scores, targets) in zip(runs.values(), scored):
         ap, mcap = sklearn_maps(scores, targets, info.ignore_index)
         assert row["per_class_ap"] == pytest.approx(ap)
