@@ -72,7 +72,7 @@ def _digit_bank() -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=1)
 def _shape_bank() -> dict[str, np.ndarray]:
-    """Antialiased 34x34 alpha masks of the appearance-class shapes."""
+    """Antialiased 34x34 alpha masks of the drawn shapes: the appearance classes' four and the pointer."""
     shapes = {}
     for name in ("square", "ring", "triangle", "cross", "pointer"):
         canvas = np.zeros((34, 34), np.uint8)
