@@ -34,7 +34,8 @@ def _register_video(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
         description="Generate the temporally sensitive benchmark as real .mp4 files (and img_00001.jpg "
         "rawframe folders) with mmaction list files train/val/test.txt and classes.json. 16 classes: six "
         "pairs that differ only in temporal order or direction (left/right, up/down, "
-        "clockwise/anticlockwise, approach/recede, appear/disappear, 3-then-7/7-then-3) and four "
+        "a pointer turning clockwise/anticlockwise, approach/recede, appear/disappear, ring-then-cross/"
+        "cross-then-ring) and four "
         "recognisable from one frame. Deterministic from --seed.",
         formatter_class=Formatter,
     )
@@ -50,6 +51,12 @@ def _register_video(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     syn.add_argument("--size", type=int, default=64, help="frame height and width in pixels (even)")
     syn.add_argument("--num-frames", type=int, default=32, help="frames per clip")
     syn.add_argument("--no-rawframes", action="store_true", help="write only .mp4 files, no frame folders")
+    syn.add_argument(
+        "--flow",
+        action="store_true",
+        help="also write TSN flow images (DIS) of the rendered frames into flow/, with the lists "
+        "flow/{split}_flow.txt, laid out as 'papernotes video flow' writes them",
+    )
     syn.add_argument("--overwrite", action="store_true", help="replace a folder made with other settings")
     syn.add_argument("--workers", type=int, default=2, help="processes that write classes in parallel")
     syn.set_defaults(func=_video_make_synthetic)

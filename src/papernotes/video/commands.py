@@ -36,6 +36,7 @@ def make_synthetic_command(args: argparse.Namespace) -> dict[str, Any]:
         size=args.size,
         num_frames=args.num_frames,
         write_rawframes=not args.no_rawframes,
+        write_flow=args.flow,
         overwrite=args.overwrite,
         workers=args.workers,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from papernotes.errors import ConfigError
 from papernotes.video.commands import make_synthetic_command
 from papernotes.video.data import synthetic
 from papernotes.video.data.datasets import read_rawframe_list, read_video_list
+from papernotes.video.data.flow import BOUND, compute_flow, extract_flow_list, read_flow
 from papernotes.video.data.synthetic import CLASSES, ORDER_SENSITIVE, PAIRS, make_synthetic, render_clip
 from papernotes.video.data.video_io import read_video
 
@@ -115,6 +117,7 @@ def test_make_synthetic_command_without_rawframes(tmp_path):
         size=16,
         num_frames=4,
         no_rawframes=True,
+        flow=False,
         overwrite=False,
         workers=1,
     )
@@ -129,3 +132,35 @@ def test_make_synthetic_command_without_rawframes(tmp_path):
     ]
     with pytest.raises(ConfigError, match="even"):
         make_synthetic(tmp_path / "odd", size=33)
+
+
+def test_flow_written_with_the_clips_is_laid_out_as_extraction_and_comes_from_the_rendered_frames(
+    synthetic_dir, tiny_params, tmp_path
+):
+    out = tmp_path / "with_flow"
+    make_synthetic(out, write_flow=True, **tiny_params)
+    for name in ("train.txt", "test_rawframes.txt"):  # the same clips as without flow
+        assert (out / name).read_text() == (synthetic_dir / name).read_text()
+    for split in ("train", "test"):  # the lists that extract_flow_list writes for the video lists
+        summary = extract_flow_list(out / f"{split}.txt", tmp_path / "extracted", progress=False)
+        assert (out / "flow" / f"{split}_flow.txt").read_text() == Path(summary["flow_list"]).read_text()
+    entry = next(e for e in read_rawframe_list(out / "flow" / "train_flow.txt") if e.label == 0)
+    clip = int(entry.path.name.rsplit("_", 1)[1])  # move_left_0002 -> 2; class 0 is its own pair base
+    frames = render_clip(0, np.random.default_rng([tiny_params["seed"], 0, clip]), 32, 8)
+    expected = compute_flow(frames)  # (7, 32, 32, 2), from the frames before video compression
+    written = read_flow(entry.path, range(entry.num_frames))  # (7, 32, 32, 2) after uint8 + JPEG
+    assert entry.num_frames == 7 and written.shape == expected.shape
+    error = np.abs(written - np.clip(expected, -BOUND, BOUND))
+    assert error.mean() < 0.1 and error.max() < 1.0, (error.mean(), error.max())
+
+
+def test_frames_and_flow_without_videos(tmp_path, tiny_params):
+    with_videos, without = tmp_path / "with", tmp_path / "without"
+    make_synthetic(with_videos, write_flow=True, **tiny_params)
+    make_synthetic(without, write_flow=True, write_videos=False, **tiny_params)
+    assert not (without / "videos").exists() and not (without / "train.txt").exists()
+    for name in ("train_rawframes.txt", "flow/test_flow.txt", "flow/videos/recede/recede_0001/flow_y_00003.jpg"):
+        assert (without / name).read_bytes() == (with_videos / name).read_bytes()
+    with pytest.raises(ConfigError, match="nothing to write"):
+        make_synthetic(tmp_path / "none", write_videos=False, write_rawframes=False, **tiny_params)
+    assert not (tmp_path / "none").exists()

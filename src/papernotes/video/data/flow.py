@@ -138,9 +138,24 @@ def extract_flow_video(
     frames = read_video(video_path, max_frames)  # (N, H, W, 3)
     if len(frames) < 2:
         raise DataError(f"video {video_path} has {len(frames)} frame; optical flow needs at least 2")
+    return write_flow_folder(frames, out_dir, method, bound, write_rgb, jpeg_quality, source=str(video_path))
+
+
+def write_flow_folder(
+    frames: np.ndarray,
+    out_dir: str | Path,
+    method: str = "dis",
+    bound: float = BOUND,
+    write_rgb: bool = False,
+    jpeg_quality: int = 95,
+    source: str = "",
+) -> int:
+    """Write the flow images of decoded uint8 RGB ``frames`` (N, H, W, 3) into the folder ``out_dir``, as
+    :func:`extract_flow_video` does for a video file (temp folder + rename, ``.done`` marker last); returns
+    the number of flow frames. ``source`` is recorded in the marker."""
     flow = compute_flow(frames, method)  # (N-1, H, W, 2)
     encoded = flow_to_uint8(flow, bound)
-    with atomic_write_dir(out_dir, durable=False) as tmp:
+    with atomic_write_dir(Path(out_dir), durable=False) as tmp:
         write_frames(tmp, encoded[..., 0], FLOW_TEMPLATE, axis="x", jpeg_quality=jpeg_quality)
         write_frames(tmp, encoded[..., 1], FLOW_TEMPLATE, axis="y", jpeg_quality=jpeg_quality)
         if write_rgb:
@@ -151,7 +166,7 @@ def extract_flow_video(
             "method": method,
             "bound": bound,
             "rgb": write_rgb,
-            "source": str(video_path),
+            "source": source,
         }
         (tmp / DONE_FILE).write_text(json.dumps(marker))  # written last: its presence means complete
     return len(flow)
