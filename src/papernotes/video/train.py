@@ -38,7 +38,7 @@ from papernotes.core.checkpoint import check_state_dict, load_weights, save_weig
 from papernotes.core.files import atomic_write_dir
 from papernotes.core.train import Batch
 from papernotes.errors import CheckpointError, ConfigError, DataError
-from papernotes.video.data.datasets import RawFrameDataset, VideoDataset
+from papernotes.video.data.datasets import FrameCache, RawFrameDataset, VideoDataset
 from papernotes.video.data.transforms import TSN_SCALES, test_transform, train_transform
 from papernotes.video.models import build_recognizer
 
@@ -108,13 +108,15 @@ def build_dataset(
     flip: bool = False,
     scale_size: int | None = None,
     crop_scales: Sequence[float] = TSN_SCALES,
-    cache_frames: bool = False,
+    cache_frames: bool | FrameCache = False,
 ) -> Dataset:
     """The dataset that ``model`` needs: its ``num_segments``, ``frames_per_segment`` and ``modality``.
 
     ``scale_size`` (default ``size`` · 256/224) and ``crop_scales`` (training only) go to the transforms
     (``data.transforms``); ``scale_size=size, crop_scales=(1.0,)`` feeds frames of ``size`` px unchanged.
     ``cache_frames`` keeps rawframe folders decoded in memory (``RawFrameDataset``); video lists ignore it.
+    A dict given as ``cache_frames`` is that memory, shared by every dataset built with it: the models of one
+    experiment decode the training frames once, not once each.
     """
     common = {"num_segments": model.num_segments, "mode": mode, "num_clips": num_clips, "on_error": on_error}
     common["root"] = root

@@ -204,8 +204,34 @@ def test_cached_flow_frames_stack_like_uncached_ones(tmp_path):
     kwargs = {"num_segments": 2, "frames_per_segment": 3, "mode": "test", "modality": "flow"}
     cached = RawFrameDataset(tmp_path / "flow.txt", cache_frames=True, **kwargs)
     assert torch.equal(cached[0]["frames"], RawFrameDataset(tmp_path / "flow.txt", **kwargs)[0]["frames"])
-    assert set(cached.frame_cache) == {(tmp_path / "v", "x"), (tmp_path / "v", "y")}
-    assert cached.frame_cache[(tmp_path / "v", "x")].shape == (12, 6, 8)  # the whole folder
+    assert set(cached.frame_cache) == {
+        (tmp_path / "v", FLOW_TEMPLATE, "x"),
+        (tmp_path / "v", FLOW_TEMPLATE, "y"),
+    }
+    assert cached.frame_cache[(tmp_path / "v", FLOW_TEMPLATE, "x")].shape == (12, 6, 8)  # the whole folder
+
+
+def test_datasets_given_one_cache_decode_each_folder_once_between_them(synthetic_dir, monkeypatch):
+    from papernotes.video.data import datasets
+
+    reads = []
+    real = datasets.read_frames
+    monkeypatch.setattr(datasets, "read_frames", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    shared = {}
+    first = RawFrameDataset(synthetic_dir / "train_rawframes.txt", num_segments=4, cache_frames=shared)
+    second = RawFrameDataset(  # another model's sampling of the same folders
+        synthetic_dir / "train_rawframes.txt", num_segments=2, frames_per_segment=3, cache_frames=shared
+    )
+    plain = RawFrameDataset(synthetic_dir / "train_rawframes.txt", num_segments=2, frames_per_segment=3)
+    for i in range(len(first)):
+        first[i]
+    assert len(reads) == len(first) == len(shared)
+    for i in range(len(second)):
+        torch.manual_seed(i)
+        expected = plain[i]["frames"]
+        torch.manual_seed(i)
+        assert torch.equal(second[i]["frames"], expected)
+    assert len(reads) == 2 * len(first)  # only the plain dataset read: the second found every folder decoded
 
 
 def test_dataloader_workers_give_the_same_items_in_test_mode(synthetic_dir):

@@ -159,8 +159,21 @@ def test_frames_and_flow_without_videos(tmp_path, tiny_params):
     make_synthetic(with_videos, write_flow=True, **tiny_params)
     make_synthetic(without, write_flow=True, write_videos=False, **tiny_params)
     assert not (without / "videos").exists() and not (without / "train.txt").exists()
-    for name in ("train_rawframes.txt", "flow/test_flow.txt", "flow/videos/recede/recede_0001/flow_y_00003.jpg"):
+    flow_image = "flow/videos/recede/recede_0001/flow_y_00003.jpg"
+    for name in ("train_rawframes.txt", "flow/test_flow.txt", flow_image):
         assert (without / name).read_bytes() == (with_videos / name).read_bytes()
     with pytest.raises(ConfigError, match="nothing to write"):
         make_synthetic(tmp_path / "none", write_videos=False, write_rawframes=False, **tiny_params)
     assert not (tmp_path / "none").exists()
+
+
+def test_a_folder_from_before_the_flow_and_video_options_is_reused(tmp_path, tiny_params):
+    out = tmp_path / "old"
+    make_synthetic(out, **tiny_params)
+    table = json.loads((out / "classes.json").read_text())
+    for key in ("write_flow", "write_videos"):  # what an older version wrote
+        del table["params"][key]
+    (out / "classes.json").write_text(json.dumps(table))
+    assert make_synthetic(out, **tiny_params)["reused"] is True
+    with pytest.raises(ConfigError, match="already exists"):
+        make_synthetic(out, write_flow=True, **tiny_params)

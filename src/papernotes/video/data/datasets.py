@@ -243,6 +243,10 @@ class _SegmentDataset(Dataset):
         raise DataError(f"no entry of {self.list_file} could be loaded; skipped: {self.skipped[:3]}")
 
 
+# decoded rawframe folders: (folder, file name template, flow axis or None) -> uint8 (N, H, W[, 3])
+FrameCache = dict[tuple[Path, str, str | None], np.ndarray]
+
+
 class RawFrameDataset(_SegmentDataset):
     """Frame folders listed in an mmaction rawframe list (``frame_dir num_frames label``).
 
@@ -267,7 +271,7 @@ class RawFrameDataset(_SegmentDataset):
         filename_tmpl: str | None = None,
         start_index: int = 1,
         on_error: str = "raise",
-        cache_frames: bool = False,
+        cache_frames: bool | FrameCache = False,
     ) -> None:
         if modality not in ("rgb", "flow"):
             raise ConfigError(f"modality must be 'rgb' or 'flow', got {modality!r}")
@@ -285,18 +289,22 @@ class RawFrameDataset(_SegmentDataset):
         self.modality = modality
         self.filename_tmpl = filename_tmpl or (RGB_TEMPLATE if modality == "rgb" else FLOW_TEMPLATE)
         self.start_index = start_index
-        # (folder, axis) -> uint8 frames of the whole folder, when cache_frames
-        self.frame_cache: dict[tuple[Path, str | None], np.ndarray] | None = {} if cache_frames else None
+        # (folder, template, axis) -> uint8 frames of the whole folder, when cache_frames; a dict passed in is
+        # shared with the other datasets that read the same folders (the models of one experiment)
+        self.frame_cache: FrameCache | None = (
+            cache_frames if isinstance(cache_frames, dict) else ({} if cache_frames else None)
+        )
 
     def _read(self, entry: ListEntry, indices: np.ndarray, axis: str | None = None) -> np.ndarray:
         grayscale = self.modality == "flow"
         if self.frame_cache is None:
             return read_frames(entry.path, indices, self.filename_tmpl, self.start_index, grayscale, axis)
-        frames = self.frame_cache.get((entry.path, axis))
+        key = (entry.path, self.filename_tmpl, axis)
+        frames = self.frame_cache.get(key)
         if frames is None:
             every = np.arange(entry.num_frames)
             frames = read_frames(entry.path, every, self.filename_tmpl, self.start_index, grayscale, axis)
-            self.frame_cache[(entry.path, axis)] = frames
+            self.frame_cache[key] = frames
         return frames[indices]
 
     def _load(self, entry: ListEntry) -> torch.Tensor:

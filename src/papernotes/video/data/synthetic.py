@@ -460,7 +460,9 @@ def make_synthetic(
     }
     existing = out_dir / "classes.json"
     if out_dir.exists() and not overwrite:
-        if existing.is_file() and json.loads(existing.read_text()).get("params") == params:
+        # a folder written before write_flow/write_videos existed has the defaults of both
+        before = {"write_flow": False, "write_videos": True}
+        if existing.is_file() and {**before, **json.loads(existing.read_text()).get("params", {})} == params:
             table = json.loads(existing.read_text())
             return {"out_dir": str(out_dir), "reused": True, "seconds": 0.0, **_summary(table)}
         if existing.is_file() or any(out_dir.iterdir()):

@@ -10,7 +10,8 @@ EXPERIMENTS = [
     Experiment(
         "video-recognition",
         "video",
-        "TSN, Two-Stream, TRN, TSM, TDN, TAM and a 3-D CNN on the temporally sensitive synthetic benchmark",
+        "TSN, Two-Stream, TRN, TSM, TDN, TAM (--size full: also dilated and 3-D CNNs) on the order-sensitive "
+        "synthetic benchmark",
         run_video_recognition,
         (
             Method("TSN", VIDEO, "tsn.md", "confusion_tsn.png"),
