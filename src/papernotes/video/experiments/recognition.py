@@ -12,10 +12,10 @@ All models train with the same backbone, data, schedule, step budget and seed, t
 test split is scored with the centre clip. The default (quick) size uses the slim ResNet-10 of
 ``video.models.backbone`` (widths 16-32-64-128, built from torchvision's blocks, 3-D models included) on
 8-frame clips of 32 px, so that the models converge in minutes on 2 CPU cores; ``--size full`` keeps
-ResNet-18 and trains longer on more clips. Reported per model: top-1, pair accuracy per pair and mean, top-1
-on the appearance classes, parameters, forward FLOPs per clip (``torch.utils.flop_counter``) and median CPU
-latency per clip. TSM's latency overhead over TSN is timed again with the two models interleaved, because
-these machines are noisy.
+ResNet-18, 16-frame clips and twice the steps, and adds the dilated head and the 3-D CNNs. Reported per
+model: top-1, pair accuracy per pair and mean, top-1 on the appearance classes, parameters, forward FLOPs per
+clip (``torch.utils.flop_counter``) and median CPU latency per clip. TSM's latency overhead over TSN is
+timed again with the two models interleaved, because these machines are noisy.
 """
 
 from __future__ import annotations
