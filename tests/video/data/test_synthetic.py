@@ -134,11 +134,18 @@ def test_make_synthetic_command_without_rawframes(tmp_path):
         make_synthetic(tmp_path / "odd", size=33)
 
 
-def test_flow_written_with_the_clips_is_laid_out_as_extraction_and_comes_from_the_rendered_frames(
-    synthetic_dir, tiny_params, tmp_path
-):
-    out = tmp_path / "with_flow"
+@pytest.fixture(scope="module")
+def with_flow(tmp_path_factory, tiny_params):
+    """The tiny benchmark with videos, rawframes and the flow written with the clips."""
+    out = tmp_path_factory.mktemp("synthetic_flow") / "data"
     make_synthetic(out, write_flow=True, **tiny_params)
+    return out
+
+
+def test_flow_written_with_the_clips_is_laid_out_as_extraction_and_comes_from_the_rendered_frames(
+    synthetic_dir, with_flow, tiny_params, tmp_path
+):
+    out = with_flow
     for name in ("train.txt", "test_rawframes.txt"):  # the same clips as without flow
         assert (out / name).read_text() == (synthetic_dir / name).read_text()
     for split in ("train", "test"):  # the lists that extract_flow_list writes for the video lists
@@ -154,9 +161,8 @@ def test_flow_written_with_the_clips_is_laid_out_as_extraction_and_comes_from_th
     assert error.mean() < 0.1 and error.max() < 1.0, (error.mean(), error.max())
 
 
-def test_frames_and_flow_without_videos(tmp_path, tiny_params):
-    with_videos, without = tmp_path / "with", tmp_path / "without"
-    make_synthetic(with_videos, write_flow=True, **tiny_params)
+def test_frames_and_flow_without_videos(with_flow, tmp_path, tiny_params):
+    with_videos, without = with_flow, tmp_path / "without"
     make_synthetic(without, write_flow=True, write_videos=False, **tiny_params)
     assert not (without / "videos").exists() and not (without / "train.txt").exists()
     flow_image = "flow/videos/recede/recede_0001/flow_y_00003.jpg"

@@ -460,12 +460,12 @@ def make_synthetic(
     }
     existing = out_dir / "classes.json"
     if out_dir.exists() and not overwrite:
+        table = json.loads(existing.read_text()) if existing.is_file() else None
         # a folder written before write_flow/write_videos existed has the defaults of both
         before = {"write_flow": False, "write_videos": True}
-        if existing.is_file() and {**before, **json.loads(existing.read_text()).get("params", {})} == params:
-            table = json.loads(existing.read_text())
+        if table is not None and {**before, **table.get("params", {})} == params:
             return {"out_dir": str(out_dir), "reused": True, "seconds": 0.0, **_summary(table)}
-        if existing.is_file() or any(out_dir.iterdir()):
+        if table is not None or any(out_dir.iterdir()):
             raise ConfigError(
                 f"{out_dir} already exists and was not made with these parameters {params}; "
                 "pass overwrite=True (--overwrite) or choose another folder"

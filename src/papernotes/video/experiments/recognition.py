@@ -202,7 +202,7 @@ def _train_one(
         scale_size=size["scale_size"],
         crop_scales=size["crop_scales"],
         # decoded once for all models: 25 KB per clip at 32 px, 90 MB with the flow at 250 clips per class
-        cache_frames={} if frame_cache is None else frame_cache,
+        cache_frames=True if frame_cache is None else frame_cache,
     )
     batches = LoaderBatches(dataset, size["batch_size"], seed=ctx.seed, num_workers=size["num_workers"])
     cfg = short_run(
