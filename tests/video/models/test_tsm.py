@@ -37,6 +37,28 @@ def test_online_shift_reads_only_the_past():
     assert torch.equal(out[:, 1:, :2], x[:, :-1, :2]) and torch.equal(out[:, :, 2:], x[:, :, 2:])
 
 
+@pytest.mark.parametrize("online", [False, True])
+def test_gradients_flow_back_to_where_the_values_came_from(online):
+    """The shift is a permutation with zeros: its backward returns each output gradient to the input
+    position it was copied from (the transpose), and the positions that fed nothing get zero. The index
+    tables are cached per shape, so shapes are interleaved to catch a stale table."""
+    for N, T, C in ((2, 4, 16), (3, 2, 8), (2, 4, 16), (1, 3, 24)):
+        x = torch.randn(N * T, C, 2, 3, requires_grad=True)
+        grad = torch.randn(N * T, C, 2, 3)
+        temporal_shift(x, num_segments=T, online=online).backward(grad)
+        expected = torch.zeros(N, T, C, 2, 3)
+        g = grad.view(N, T, C, 2, 3)
+        fold = C // 8
+        if online:  # out[t, :fold] = x[t - 1, :fold], so x[t, :fold] receives grad[t + 1, :fold]
+            expected[:, :-1, :fold] = g[:, 1:, :fold]
+            expected[:, :, fold:] = g[:, :, fold:]
+        else:  # out[t, :fold] = x[t + 1], out[t, fold:2 fold] = x[t - 1]
+            expected[:, 1:, :fold] = g[:, :-1, :fold]
+            expected[:, :-1, fold : 2 * fold] = g[:, 1:, fold : 2 * fold]
+            expected[:, :, 2 * fold :] = g[:, :, 2 * fold :]
+        assert torch.equal(x.grad, expected.view(N * T, C, 2, 3))
+
+
 def test_shift_adds_no_parameters_and_changes_the_output():
     torch.manual_seed(0)
     plain = torchvision.models.resnet18(num_classes=5).eval()

@@ -311,7 +311,7 @@ def run_video_recognition(ctx: ExperimentContext) -> ExperimentResult:
     latency_ratio = None
     if "tsn" in models and "tsm" in models:
         latency_ratio = _interleaved_latency(
-            models["tsn"], models["tsm"], size["frame_size"], 3 * size["latency_repeats"]
+            models["tsn"], models["tsm"], size["frame_size"], 10 * size["latency_repeats"]
         )
     figures.insert(0, _plot(rows, ctx.out_dir / "video_recognition.png").name)
     goals = recognition_goals(by_name, latency_ratio, size["pair_goal"])
