@@ -49,3 +49,19 @@ def test_reproduce_list_names_the_experiments(capsys):
     assert main(["reproduce", "--list"]) == 0
     out = capsys.readouterr().out
     assert "llm-pretrain" in out and "llm-attention" in out
+
+
+def test_video_train_offers_exactly_the_registered_recognizers():
+    """--model's choices are spelled out (so that --help imports no torch); they must be the registry's."""
+    import argparse
+
+    from papernotes.cli import build_parser
+    from papernotes.video.models import CONSTRUCTORS
+
+    def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return action.choices[name]
+
+    train = subparser(subparser(build_parser(), "video"), "train")
+    model = next(a for a in train._actions if a.dest == "model")
+    assert sorted(model.choices) == sorted(CONSTRUCTORS)

@@ -94,7 +94,8 @@ def _register_video(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     fl.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     fl.set_defaults(func=_video_flow)
 
-    models = ["tsn", "two-stream", "trn", "tsm", "tdn", "tam", "dilated", "r3d", "r2plus1d"]
+    # the names of video.models.CONSTRUCTORS, spelled out so that --help needs no torch import
+    models = ["tsn", "two-stream", "trn", "tsm", "tdn", "tam", "tam-signed", "dilated", "r3d", "r2plus1d"]
     tr = video_sub.add_parser(
         "train",
         parents=[common],

@@ -38,7 +38,7 @@ def test_tsn_consensus_is_order_invariant_and_tsm_is_not():
 
 
 def test_bad_name_and_bad_clip_shape_are_refused():
-    names = "dilated, r2plus1d, r3d, tam, tdn, trn, tsm, tsn, two-stream"
+    names = "dilated, r2plus1d, r3d, tam, tam-signed, tdn, trn, tsm, tsn, two-stream"
     with pytest.raises(ConfigError, match=f"unknown recognizer 'i3d'; available: {names}"):
         build_recognizer("i3d", 6, K)
     with pytest.raises(ConfigError, match="backbone must be one of"):

@@ -31,7 +31,7 @@ def test_every_recognizer_gives_logits_and_gradients_to_every_parameter(name):
     logits.logsumexp(-1).sum().backward()
     # dropout zeroes whole features but never all of them: every parameter gets a gradient
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    if name == "tam":
+    if name.startswith("tam"):
         # TAM's global branch ends in a zero-weight layer (its identity start), which passes no gradient to
         # the layers before it until its weights move: like LoRA's B = 0. One SGD step later, it does.
         assert no_grad and all(".tam.glob." in n for n in no_grad), no_grad
@@ -82,10 +82,11 @@ def test_trn_relation_head_is_the_sum_of_its_scale_mlps():
 
 
 @torch.no_grad()
-def test_tam_equals_its_equations_written_as_loops():
+@pytest.mark.parametrize("signed", [False, True])
+def test_tam_equals_its_equations_written_as_loops(signed):
     torch.manual_seed(0)
     T, C = 4, 8
-    tam = TemporalAdaptiveModule(C, T).eval()
+    tam = TemporalAdaptiveModule(C, T, signed_kernel=signed).eval()
     for p in tam.parameters():
         p.normal_(0, 0.5)
     x = torch.randn(2 * T, C, 3, 5)
@@ -94,8 +95,14 @@ def test_tam_equals_its_equations_written_as_loops():
         clip = x[n * T : (n + 1) * T]  # (T, C, H, W)
         pooled = clip.mean(dim=(2, 3)).T  # (C, T)
         importance = tam.local(pooled[None])[0]  # (C, T)
-        kernel = tam.glob(pooled)  # (C, 3), rows sum to 1
-        torch.testing.assert_close(kernel.sum(-1), torch.ones(C))
+        kernel = tam.glob(pooled)  # (C, 3)
+        if signed:  # the ablation: taps of either sign that need not sum to 1
+            linear = tam.glob[3](tam.glob[2](tam.glob[1](tam.glob[0](pooled))))
+            torch.testing.assert_close(kernel, linear)
+            assert (kernel < 0).any() and not torch.allclose(kernel.sum(-1), torch.ones(C))
+        else:  # the paper's: a softmax, each row a convex combination
+            assert (kernel > 0).all()
+            torch.testing.assert_close(kernel.sum(-1), torch.ones(C))
         z = clip * importance.T[..., None, None]
         for t in range(T):
             expected = sum(kernel[:, j, None, None] * z[t + j - 1] for j in range(3) if 0 <= t + j - 1 < T)
@@ -151,6 +158,30 @@ def test_tam_starts_as_the_identity_along_time():
     importance = tam.local(pooled).transpose(1, 2).reshape(3 * T, C, 1, 1)  # (N·T, C, 1, 1)
     torch.testing.assert_close(tam(changed), changed * importance * kernel[0, 1], atol=0.02, rtol=0.02)
     assert not torch.allclose(tam(changed), x * importance * kernel[0, 1], atol=0.02, rtol=0.02)
+
+
+@torch.no_grad()
+def test_signed_tam_starts_exactly_at_the_identity_and_can_take_a_temporal_difference():
+    """The ablation's kernel starts at exactly (0, 1, 0), and unlike a softmax kernel it can become a
+    difference along time: with taps (−1, 1, 0) a clip whose frames are all equal gives 0 except at t = 0,
+    and reversing the clip changes the sign of the output, which no convex kernel can do."""
+    torch.manual_seed(0)
+    T, C = 4, 16
+    tam = TemporalAdaptiveModule(C, T, signed_kernel=True).eval()
+    x = torch.randn(3 * T, C, 5, 5)
+    pooled = x.view(3, T, C, 5, 5).mean(dim=(3, 4)).transpose(1, 2)  # (N, C, T)
+    assert torch.equal(tam.glob(pooled.reshape(-1, T)), torch.tensor([[0.0, 1.0, 0.0]]).expand(3 * C, 3))
+    importance = tam.local(pooled).transpose(1, 2).reshape(3 * T, C, 1, 1)  # (N·T, C, 1, 1)
+    torch.testing.assert_close(tam(x), x * importance, atol=1e-6, rtol=1e-6)
+    tam.glob[3].bias.copy_(torch.tensor([-1.0, 1.0, 0.0]))  # Y[t] = Z[t] − Z[t − 1]
+    tam.local[-2].weight.zero_()  # every gate at sigmoid(0) = ½, so Z = X / 2
+    ramp = (
+        torch.arange(T, dtype=torch.float32).view(1, T, 1, 1, 1).expand(2, T, C, 2, 2).reshape(2 * T, C, 2, 2)
+    )
+    y = tam(ramp).view(2, T, C, 2, 2)
+    torch.testing.assert_close(y[:, 1:], torch.full_like(y[:, 1:], 0.5))  # (t − (t − 1)) / 2
+    backwards = tam(ramp.view(2, T, C, 2, 2).flip(1).reshape(2 * T, C, 2, 2)).view(2, T, C, 2, 2)
+    torch.testing.assert_close(backwards[:, 1:], torch.full_like(y[:, 1:], -0.5))
 
 
 @torch.no_grad()

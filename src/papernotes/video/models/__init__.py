@@ -8,6 +8,7 @@ and ``modality`` ("rgb", "flow" or "rgb+flow") that tell the data code how to sa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,7 @@ CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {
     "tsm": build_tsm,
     "tdn": TDN,
     "tam": build_tam,
+    "tam-signed": functools.partial(build_tam, signed_kernel=True),  # our ablation: no softmax on the kernel
     "dilated": DilatedTemporalHead,
     "r3d": build_video3d("r3d"),
     "r2plus1d": build_video3d("r2plus1d"),
