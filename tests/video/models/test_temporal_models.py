@@ -97,7 +97,7 @@ def test_tam_equals_its_equations_written_as_loops(signed):
         importance = tam.local(pooled[None])[0]  # (C, T)
         kernel = tam.glob(pooled)  # (C, 3)
         if signed:  # the ablation: taps of either sign that need not sum to 1
-            linear = tam.glob[3](tam.glob[2](tam.glob[1](tam.glob[0](pooled))))
+            linear = tam.glob[:4](pooled)  # the branch without its last (identity) layer
             torch.testing.assert_close(kernel, linear)
             assert (kernel < 0).any() and not torch.allclose(kernel.sum(-1), torch.ones(C))
         else:  # the paper's: a softmax, each row a convex combination
@@ -163,8 +163,8 @@ def test_tam_starts_as_the_identity_along_time():
 @torch.no_grad()
 def test_signed_tam_starts_exactly_at_the_identity_and_can_take_a_temporal_difference():
     """The ablation's kernel starts at exactly (0, 1, 0), and unlike a softmax kernel it can become a
-    difference along time: with taps (−1, 1, 0) a clip whose frames are all equal gives 0 except at t = 0,
-    and reversing the clip changes the sign of the output, which no convex kernel can do."""
+    difference along time: with taps (−1, 1, 0) a ramp along time gives +½ per step after t = 0, and the
+    reversed ramp −½, a change of sign that no convex kernel can produce."""
     torch.manual_seed(0)
     T, C = 4, 16
     tam = TemporalAdaptiveModule(C, T, signed_kernel=True).eval()
