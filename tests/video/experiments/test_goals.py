@@ -35,6 +35,12 @@ def test_recognition_goals_met_and_missed():
     assert tsm_pair.verdict == "met" and tsm_pair.measured == pytest.approx(95.0)
     assert tsm_flops.verdict == "met" and tsm_flops.measured == 1.0
     assert tsm_latency.verdict == "met" and tsm_latency.measured == pytest.approx(2.0)
+    # the judged ratio is the probe's; the trained models' ratio at their own size is only reported
+    probe = {"frame_size": 112, "num_segments": 8, "backbone": "resnet18", "rounds": 30}
+    slow_small = recognition_goals(rows, 1.02, 90.0, probe, train_size_latency=1.11, frame_size=32)
+    [latency] = [g for g in slow_small if g.claim == tsm_latency.claim]
+    assert latency.verdict == "met" and latency.measured == pytest.approx(2.0)
+    assert "at 112 px, K = 8, resnet18" in latency.detail and "at 32 px: +11.0 %" in latency.detail
     assert by_method["TDN"][0].verdict == "missed" and by_method["TDN"][0].measured == pytest.approx(70.0)
     two = verdicts(goals, "Two-Stream")
     assert set(two.values()) == {"met"} and len(two) == 2  # pair accuracy, and top-1 above TSN's

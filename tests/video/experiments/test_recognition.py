@@ -25,6 +25,14 @@ def test_video_recognition_reports_every_model_and_reuses_its_cache(tmp_path, ca
         return scored[-1]
 
     monkeypatch.setattr(recognition, "evaluate", spy_evaluate)
+    timed = []  # (tsn, tsm, frame_size, rounds) of each interleaved latency timing
+    real_latency = recognition._interleaved_latency
+
+    def spy_latency(a, b, frame_size, rounds, **kwargs):
+        timed.append((a, b, frame_size, rounds))
+        return real_latency(a, b, frame_size, rounds, **kwargs)
+
+    monkeypatch.setattr(recognition, "_interleaved_latency", spy_latency)
     result = run_video_recognition(ctx)
     names = VIDEO_SIZES["tiny"]["models"]
     runs = {r["model"]: r for r in result.metrics["runs"]}
@@ -80,13 +88,35 @@ def test_video_recognition_reports_every_model_and_reuses_its_cache(tmp_path, ca
     assert flops.verdict == "met" and flops.measured == 1.0
     latency = goals[("TSM", "TSM's latency overhead over TSN is small")]
     assert latency.measured == pytest.approx(100 * (result.metrics["tsm_latency_vs_tsn"] - 1))
+    # two timings: the trained models at the training size (reported), then the probe (judged): a fresh TSN
+    # and a TSM with the same weights, at the probe's size, segments and backbone
+    size, probe = VIDEO_SIZES["tiny"], VIDEO_SIZES["tiny"]["latency_probe"]
+    (trained_tsn, trained_tsm, trained_px, trained_rounds), (tsn, tsm, px, rounds) = timed
+    assert trained_px == size["frame_size"] and trained_rounds == 10 * size["latency_repeats"]
+    for model, name in ((trained_tsn, "tsn"), (trained_tsm, "tsm")):  # the trained models, as cached
+        (run_dir,) = (ctx.cache_dir / "video").glob(f"recognition-*/{name}")
+        cached = load_recognizer(run_dir)[0].state_dict()
+        assert all(torch.equal(v, cached[k]) for k, v in model.state_dict().items())
+    assert (px, rounds, tsn.num_segments, tsm.num_segments) == (
+        probe["frame_size"],
+        probe["rounds"],
+        probe["num_segments"],
+        probe["num_segments"],
+    )
+    tsm_state = tsm.state_dict()
+    assert tsn.state_dict().keys() == tsm_state.keys()
+    assert all(torch.equal(v, tsm_state[k]) for k, v in tsn.state_dict().items())
+    train_size = result.metrics["tsm_latency_vs_tsn_train_size"]
+    assert f"at {size['frame_size']} px: {100 * (train_size - 1):+.1f} %" in latency.detail
     blind = goals[("TSN", "TSN's average consensus is blind to temporal order: pair accuracy at chance")]
     assert blind.measured == pytest.approx(100 * runs["tsn"]["pair_accuracy"])
     assert {g.method for g in result.goals} == {"TSN", "TSM", "Two-Stream"}
     assert result.trained == names and result.reused == []
     for figure in result.figures:
         assert (ctx.out_dir / figure).stat().st_size > 1000
-    # the second run loads the trained models from the cache: same predictions, same recorded times
+    # the second run loads the trained models from the cache: same predictions, same recorded times; the
+    # latency probe is not part of the trained models' recipe
+    monkeypatch.setitem(VIDEO_SIZES["tiny"], "latency_probe", {**probe, "rounds": 1})
     again = run_video_recognition(ctx)
     assert again.trained == [] and again.reused == ["benchmark data and flow", *names]
     assert [r["top1"] for r in again.metrics["runs"]] == [r["top1"] for r in result.metrics["runs"]]
