@@ -140,8 +140,8 @@ TSN_BLIND_BOUND = 60.0  # % pair accuracy: TSN at most this (chance is 50 %)
 TSM_LATENCY_BOUND = 5.0  # % latency overhead over TSN (TSM paper: "zero extra FLOPs", small overhead)
 # TSM's latency claim is judged where a forward is real work ("latency_probe": 112 px, K = 8, ResNet-18, the
 # same weights in both models, untrained since speed does not depend on them). At the default's 32 px a whole
-# clip takes 1-5 ms and the shift's two small tensor ops per block (10-20 us each, mostly dispatch) weigh
-# against it: +5 to +12 % there, +1 to +3 % at 112 px. The paper times 224 px. Both numbers are reported.
+# clip takes 1-5 ms and the shift's two small tensor ops (10-20 us per block, mostly dispatch) weigh against
+# it: +4 to +12 % there, +1 to +3 % at 112 px. The paper times 224 px. Both numbers are reported.
 
 
 def _dataset(ctx: ExperimentContext, size: dict[str, Any]) -> tuple[Path, bool]:
