@@ -14,20 +14,24 @@ from papernotes.video.online.stream import stream_scores
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("rows", [1, 2, 8, 33])
-def test_kernel_equals_a_product_with_the_dequantized_weights(bias, rows):
+@pytest.mark.parametrize("in_features", [96, 8, 24])  # 8 and 24: not multiples of the kernel's K block
+def test_kernel_equals_a_product_with_the_dequantized_weights(bias, rows, in_features):
     torch.manual_seed(0)
-    linear = nn.Linear(96, 40, bias=bias)
+    linear = nn.Linear(in_features, 40, bias=bias)
     q = Int8Linear(linear)
     assert q.weight_int8.dtype == torch.int8 and q.scale.shape == (40,)
     assert q.weight_int8.abs().max() == 127  # each row's largest weight uses the whole range
-    x = torch.randn(rows, 96)
+    assert q.weight_int8.shape == (40, -(-in_features // 16) * 16)  # zero columns up to the block
+    assert not q.weight_int8[:, in_features:].any()
+    assert q.dequantized_weight().shape == (40, in_features)
+    x = torch.randn(rows, in_features)
     with torch.no_grad():
         # the kernel takes bf16 rows and returns bf16: 2⁻⁹ relative on the way out
         expected = F.linear(x.bfloat16().float(), q.dequantized_weight())
         bias = 0 if q.bias is None else q.bias
         torch.testing.assert_close(q(x) - bias, expected, atol=1e-3, rtol=2**-8)
         # leading dimensions are rows
-        torch.testing.assert_close(q(x.reshape(1, rows, 96))[0], q(x), atol=0, rtol=0)
+        torch.testing.assert_close(q(x.reshape(1, rows, in_features))[0], q(x), atol=0, rtol=0)
 
 
 def test_error_against_fp32_is_within_the_rounding_bound_and_far_below_the_signal():
