@@ -11,6 +11,7 @@ from papernotes.cli import main
 from papernotes.core.experiments import ExperimentContext
 from papernotes.video.experiments import recognition
 from papernotes.video.experiments.recognition import VIDEO_SIZES, run_video_recognition
+from papernotes.video.models.tsm import TemporalShift
 from papernotes.video.train import load_recognizer
 
 
@@ -103,6 +104,8 @@ def test_video_recognition_reports_every_model_and_reuses_its_cache(tmp_path, ca
         probe["num_segments"],
         probe["num_segments"],
     )
+    shifts = [any(isinstance(m, TemporalShift) for m in model.modules()) for model in (tsn, tsm)]
+    assert shifts == [False, True]  # TSN against TSM, not a model against itself
     tsm_state = tsm.state_dict()
     assert tsn.state_dict().keys() == tsm_state.keys()
     assert all(torch.equal(v, tsm_state[k]) for k, v in tsn.state_dict().items())
